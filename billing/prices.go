@@ -1,0 +1,173 @@
+package billing
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"sync"
+)
+
+//go:embed prices.json
+var embeddedPrices []byte
+
+// Price is what one token of each kind costs, in nano-dollars.
+type Price struct {
+	Input      Nanos // prompt tokens not served from a cache
+	Output     Nanos // completion tokens
+	CacheRead  Nanos // prompt tokens read from the provider's cache
+	CacheWrite Nanos // prompt tokens written to the cache (Anthropic)
+	Reasoning  Nanos // reasoning tokens; 0 means "at the output price"
+}
+
+// Cost prices u. A provider-reported cost (OpenRouter's usage.cost) wins,
+// since it is what the provider invoices.
+func (p Price) Cost(u Usage) Nanos {
+	if u.ReportedCost != nil {
+		return *u.ReportedCost
+	}
+	or := func(v, dflt Nanos) Nanos {
+		if v == 0 {
+			return dflt
+		}
+		return v
+	}
+	return Nanos(u.Input)*p.Input +
+		Nanos(u.CacheRead)*or(p.CacheRead, p.Input) +
+		Nanos(u.CacheWrite)*or(p.CacheWrite, p.Input) +
+		Nanos(u.Output)*p.Output +
+		Nanos(u.Reasoning)*or(p.Reasoning, p.Output)
+}
+
+// Prices maps model ids to prices. Unknown models get the fallback price,
+// never $0, and are reported once each through OnUnknown.
+type Prices struct {
+	models   map[string]Price
+	fallback Price
+
+	// OnUnknown, when set, is called the first time a model is priced at
+	// the fallback price (for a log line and a metric).
+	OnUnknown func(model string)
+	seen      sync.Map
+}
+
+// LoadPrices builds the table from the embedded prices, then the file at
+// overridePath (same format, LiteLLM's JSON) when it is not empty.
+func LoadPrices(overridePath string, fallback Price) (*Prices, error) {
+	t := &Prices{models: map[string]Price{}, fallback: fallback}
+	if err := t.merge(embeddedPrices); err != nil {
+		return nil, fmt.Errorf("embedded prices: %w", err)
+	}
+	if overridePath != "" {
+		raw, err := os.ReadFile(overridePath)
+		if err != nil {
+			return nil, fmt.Errorf("read pricing file: %w", err)
+		}
+		if err := t.merge(raw); err != nil {
+			return nil, fmt.Errorf("pricing file %s: %w", overridePath, err)
+		}
+	}
+	return t, nil
+}
+
+type priceRow struct {
+	Input      *float64 `json:"input_cost_per_token"`
+	Output     *float64 `json:"output_cost_per_token"`
+	Reasoning  *float64 `json:"output_cost_per_reasoning_token"`
+	CacheRead  *float64 `json:"cache_read_input_token_cost"`
+	CacheWrite *float64 `json:"cache_creation_input_token_cost"`
+}
+
+func (t *Prices) merge(raw []byte) error {
+	var rows map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &rows); err != nil {
+		return err
+	}
+	for model, msg := range rows {
+		var r priceRow
+		if err := json.Unmarshal(msg, &r); err != nil || r.Input == nil {
+			continue // LiteLLM's sample_spec and non-token-priced entries
+		}
+		p, err := r.price()
+		if err != nil {
+			return fmt.Errorf("model %q: %w", model, err)
+		}
+		t.models[model] = p
+	}
+	return nil
+}
+
+func (r priceRow) price() (Price, error) {
+	var p Price
+	for _, f := range []struct {
+		src *float64
+		dst *Nanos
+	}{{r.Input, &p.Input}, {r.Output, &p.Output}, {r.Reasoning, &p.Reasoning}, {r.CacheRead, &p.CacheRead}, {r.CacheWrite, &p.CacheWrite}} {
+		if f.src == nil {
+			continue
+		}
+		n, err := perTokenNanos(*f.src)
+		if err != nil {
+			return p, err
+		}
+		*f.dst = n
+	}
+	return p, nil
+}
+
+// perTokenNanos converts a per-token dollar price to nano-dollars. Prices are
+// decimal literals like 1.5e-07; the float product lands within rounding
+// error of a whole number, which is what the check below insists on.
+func perTokenNanos(usd float64) (Nanos, error) {
+	if usd < 0 || math.IsNaN(usd) || math.IsInf(usd, 0) {
+		return 0, fmt.Errorf("price %v is not a non-negative number", usd)
+	}
+	x := usd * float64(NanosPerUSD)
+	r := math.Round(x)
+	if math.Abs(x-r) > 1e-6*math.Max(1, r) {
+		return 0, fmt.Errorf("price %v USD/token is finer than a nano-dollar", usd)
+	}
+	return Nanos(r), nil
+}
+
+// Lookup returns the price of model and whether the table knows it.
+// OpenRouter ids ("openai/gpt-4o-mini") resolve to OpenRouter's own entry
+// when there is one, else to the vendor's bare model name.
+func (t *Prices) Lookup(model string) (Price, bool) {
+	for _, key := range candidates(model) {
+		if p, ok := t.models[key]; ok {
+			return p, true
+		}
+	}
+	return Price{}, false
+}
+
+// For returns the price to bill model at: the table's, or the fallback.
+func (t *Prices) For(model string) Price {
+	if p, ok := t.Lookup(model); ok {
+		return p
+	}
+	if _, dup := t.seen.LoadOrStore(model, true); !dup && t.OnUnknown != nil {
+		t.OnUnknown(model)
+	}
+	return t.fallback
+}
+
+func candidates(model string) []string {
+	m := strings.ToLower(strings.TrimSpace(model))
+	// OpenRouter variants (":free", ":online", ":thinking") are priced as the base model here.
+	base, _, _ := strings.Cut(m, ":")
+	keys := []string{m, "openrouter/" + m}
+	if base != m {
+		keys = append(keys, base, "openrouter/"+base)
+	}
+	if _, bare, ok := strings.Cut(base, "/"); ok {
+		keys = append(keys, bare)
+	}
+	return keys
+}
+
+// Len is the number of models in the table.
+func (t *Prices) Len() int { return len(t.models) }

@@ -1,0 +1,85 @@
+package billing
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func loadPrices(t *testing.T, override string) *Prices {
+	t.Helper()
+	p, err := LoadPrices(override, Price{Input: 10_000, Output: 30_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLookupResolvesProviderIds(t *testing.T) {
+	p := loadPrices(t, "")
+	cases := map[string]Price{
+		// Values from ../shared/data/model_prices.json, in nano-dollars per token.
+		"gpt-4o-mini":                 {Input: 150, Output: 600, CacheRead: 75},
+		"openai/gpt-4o-mini":          {Input: 150, Output: 600, CacheRead: 75},
+		"claude-sonnet-4-5":           {Input: 3000, Output: 15000, CacheRead: 300, CacheWrite: 3750},
+		"anthropic/claude-sonnet-4.5": {Input: 3000, Output: 15000, CacheRead: 300, CacheWrite: 3750},
+		"text-embedding-3-small":      {Input: 20},
+	}
+	for model, want := range cases {
+		got, ok := p.Lookup(model)
+		if !ok || got != want {
+			t.Errorf("Lookup(%q) = %+v, %v; want %+v", model, got, ok, want)
+		}
+	}
+}
+
+func TestUnknownModelUsesFallbackAndIsReportedOnce(t *testing.T) {
+	p := loadPrices(t, "")
+	var reported []string
+	p.OnUnknown = func(m string) { reported = append(reported, m) }
+	for range 3 {
+		if got := p.For("acme/brand-new-model"); got.Input != 10_000 || got.Output != 30_000 {
+			t.Fatalf("fallback price = %+v", got)
+		}
+	}
+	if len(reported) != 1 || reported[0] != "acme/brand-new-model" {
+		t.Fatalf("reported = %v", reported)
+	}
+}
+
+func TestPricingFileOverridesAndExtends(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "prices.json")
+	body := `{"gpt-4o-mini":{"input_cost_per_token":1e-06,"output_cost_per_token":2e-06},
+	          "my-model":{"input_cost_per_token":3e-09,"output_cost_per_token":4e-09}}`
+	if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := loadPrices(t, f)
+	if got, _ := p.Lookup("gpt-4o-mini"); got != (Price{Input: 1000, Output: 2000}) {
+		t.Errorf("override = %+v", got)
+	}
+	if got, _ := p.Lookup("my-model"); got != (Price{Input: 3, Output: 4}) {
+		t.Errorf("extension = %+v", got)
+	}
+	if _, err := LoadPrices(filepath.Join(t.TempDir(), "absent.json"), Price{}); err == nil {
+		t.Error("missing pricing file accepted")
+	}
+}
+
+func TestCost(t *testing.T) {
+	p := Price{Input: 3000, Output: 15000, CacheRead: 300, CacheWrite: 3750}
+	u := Usage{Input: 100, CacheRead: 1000, CacheWrite: 200, Output: 50, Reasoning: 10}
+	want := Nanos(100*3000 + 1000*300 + 200*3750 + 50*15000 + 10*15000)
+	if got := p.Cost(u); got != want {
+		t.Fatalf("cost = %d, want %d", got, want)
+	}
+	reported := Nanos(777)
+	u.ReportedCost = &reported
+	if got := p.Cost(u); got != 777 {
+		t.Fatalf("reported cost ignored: %d", got)
+	}
+	// No cache prices: cached tokens at the input price.
+	if got := (Price{Input: 10, Output: 20}).Cost(Usage{CacheRead: 5, Reasoning: 2}); got != 90 {
+		t.Fatalf("cost without cache prices = %d", got)
+	}
+}

@@ -1,0 +1,136 @@
+package billing
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"unicode"
+
+	"github.com/pkoukk/tiktoken-go"
+	tiktokenloader "github.com/pkoukk/tiktoken-go-loader"
+)
+
+// maxRun bounds the length, in runes, of a run of one character class that
+// is handed to the BPE in one piece. tiktoken-go's merge is quadratic in the
+// piece length, so one 64 KB word would pin a core for seconds; pieces of
+// ordinary text are far shorter than this, so their counts are unchanged.
+const maxRun = 128
+
+// Tokenizer counts tokens with OpenAI's BPE encodings, loaded from the
+// ranks compiled into the binary: it never touches the network.
+type Tokenizer struct {
+	o200k, cl100k *tiktoken.Tiktoken
+}
+
+var setLoader sync.Once
+
+// NewTokenizer loads both encodings (a few hundred milliseconds, once).
+func NewTokenizer() (*Tokenizer, error) {
+	// tiktoken-go keeps its loader in a package variable; set it once to the
+	// offline one before anything loads.
+	setLoader.Do(func() { tiktoken.SetBpeLoader(tiktokenloader.NewOfflineLoader()) })
+	o, err := tiktoken.GetEncoding("o200k_base")
+	if err != nil {
+		return nil, fmt.Errorf("load o200k_base: %w", err)
+	}
+	c, err := tiktoken.GetEncoding("cl100k_base")
+	if err != nil {
+		return nil, fmt.Errorf("load cl100k_base: %w", err)
+	}
+	return &Tokenizer{o200k: o, cl100k: c}, nil
+}
+
+// EncodingFor names the encoding used for model. Models of the gpt-4 and
+// gpt-3.5 families use cl100k_base; everything newer, and anything unknown,
+// o200k_base. OpenRouter ids are matched on the part after the vendor.
+func EncodingFor(model string) string {
+	m := strings.ToLower(model)
+	if i := strings.LastIndexByte(m, '/'); i >= 0 {
+		m = m[i+1:]
+	}
+	switch {
+	case strings.HasPrefix(m, "gpt-4o"), strings.HasPrefix(m, "gpt-4.1"), strings.HasPrefix(m, "gpt-4.5"):
+		return "o200k_base"
+	case strings.HasPrefix(m, "gpt-4"), strings.HasPrefix(m, "gpt-3.5"), strings.HasPrefix(m, "gpt-35"),
+		strings.HasPrefix(m, "text-embedding-ada"), strings.HasPrefix(m, "text-embedding-3"):
+		return "cl100k_base"
+	default:
+		return "o200k_base"
+	}
+}
+
+func (t *Tokenizer) encoding(model string) *tiktoken.Tiktoken {
+	if EncodingFor(model) == "cl100k_base" {
+		return t.cl100k
+	}
+	return t.o200k
+}
+
+// Count returns the number of tokens of text for model. Special-token
+// strings in user text ("<|endoftext|>") are counted as ordinary text, the
+// way the providers treat them in content.
+func (t *Tokenizer) Count(model, text string) int {
+	if text == "" {
+		return 0
+	}
+	enc := t.encoding(model)
+	n, start := 0, 0
+	for _, cut := range longRunCuts(text) {
+		n += len(enc.EncodeOrdinary(text[start:cut]))
+		start = cut
+	}
+	return n + len(enc.EncodeOrdinary(text[start:]))
+}
+
+// longRunCuts returns byte offsets that split every run of maxRun or more
+// runes of one class (letters, digits, spaces, other) into runs of at most
+// maxRun. Ordinary text has no such run and yields no cut, so its count is
+// exactly tiktoken's; adversarial text is counted in linear time.
+func longRunCuts(text string) []int {
+	var cuts []int
+	run, class := 0, -1
+	for i, r := range text {
+		c := runeClass(r)
+		if c != class {
+			class, run = c, 0
+		}
+		if run == maxRun {
+			cuts = append(cuts, i)
+			run = 0
+		}
+		run++
+	}
+	return cuts
+}
+
+func runeClass(r rune) int {
+	switch {
+	case unicode.IsLetter(r):
+		return 0
+	case unicode.IsNumber(r):
+		return 1
+	case unicode.IsSpace(r):
+		return 2
+	default:
+		return 3
+	}
+}
+
+// Message is one chat message as far as counting is concerned.
+type Message struct {
+	Role, Name, Content string
+}
+
+// CountChat applies OpenAI's published formula for chat prompts: three
+// tokens of framing per message, one more for a name, and three that prime
+// the reply.
+func (t *Tokenizer) CountChat(model string, msgs []Message) int {
+	n := 3
+	for _, m := range msgs {
+		n += 3 + t.Count(model, m.Role) + t.Count(model, m.Content)
+		if m.Name != "" {
+			n += 1 + t.Count(model, m.Name)
+		}
+	}
+	return n
+}

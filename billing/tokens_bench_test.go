@@ -1,0 +1,27 @@
+package billing
+
+import (
+	"strings"
+	"testing"
+)
+
+func BenchmarkCountOrdinary(b *testing.B) {
+	tk := newTokenizer(b)
+	text := strings.Repeat("The quick brown fox jumps over the lazy dog; it was 42 degrees in Paris. ", 1000)
+	tokens := tk.Count("gpt-4o", text)
+	b.SetBytes(int64(len(text)))
+	b.ResetTimer()
+	for b.Loop() {
+		tk.Count("gpt-4o", text)
+	}
+	b.ReportMetric(float64(tokens)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+}
+
+func BenchmarkCountAdversarial(b *testing.B) {
+	tk := newTokenizer(b)
+	text := strings.Repeat("a", 1<<20)
+	b.SetBytes(int64(len(text)))
+	for b.Loop() {
+		tk.Count("gpt-4o", text)
+	}
+}
