@@ -1,0 +1,73 @@
+// Command aifirewall is the Envoy ext_proc sidecar that authenticates LLM
+// calls, enforces per-user daily budgets and bills what they cost.
+//
+//	aifirewall                 serve (ext_proc gRPC on LISTEN_ADDR, admin HTTP on ADMIN_ADDR)
+//	aifirewall envoy-config    print the Envoy configuration for these settings
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/aifirewall/aifirewall/config"
+	"github.com/aifirewall/aifirewall/envoy"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "aifirewall:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	envFile := os.Getenv("ENV_FILE")
+	if envFile == "" {
+		envFile = ".env"
+	}
+	cfg, err := config.Load(envFile)
+	if err != nil {
+		return err
+	}
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		log := slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: cfg.Level}))
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		return serve(ctx, cfg, log)
+	case "envoy-config":
+		return envoyConfig(cfg, args)
+	default:
+		return fmt.Errorf("unknown command %q (want serve or envoy-config)", cmd)
+	}
+}
+
+func envoyConfig(cfg *config.Config, args []string) error {
+	fs := flag.NewFlagSet("envoy-config", flag.ContinueOnError)
+	out := fs.String("o", "-", "file to write, - for standard output")
+	ca := fs.String("ca-file", "", "CA bundle to verify an https upstream (default: the system bundle)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	y, err := envoy.YAML(envoy.Options{
+		ListenAddr: cfg.EnvoyListenAddr, AdminAddr: cfg.EnvoyAdminAddr, ExtProcAddr: cfg.ExtProcAddr,
+		UpstreamURL: cfg.UpstreamBaseURL, MaxBodyBytes: cfg.MaxBodyBytes, CACertFile: *ca,
+	})
+	if err != nil {
+		return err
+	}
+	if *out == "-" {
+		_, err = os.Stdout.Write(y)
+		return err
+	}
+	return os.WriteFile(*out, y, 0o644)
+}

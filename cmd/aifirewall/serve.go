@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/config"
+	"github.com/aifirewall/aifirewall/processor"
+)
+
+// serve runs until ctx ends (SIGTERM), then stops gracefully: health goes
+// NOT_SERVING, in-flight streams finish up to SHUTDOWN_TIMEOUT, and pending
+// settlements are written before exit.
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if cfg.InternalAPIKey == config.DefaultAPIKey {
+		log.Warn("INTERNAL_API_KEY is the default 'changeme-internal-key'; set your own before exposing the gateway")
+	}
+	if cfg.UpstreamAPIKey == "" {
+		log.Warn("UPSTREAM_API_KEY is empty; the upstream will likely reject requests")
+	}
+	store, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	prices, err := billing.LoadPrices(cfg.PricingFile, cfg.Fallback)
+	if err != nil {
+		return fmt.Errorf("PRICING_FILE: %w", err)
+	}
+	prices.OnUnknown = func(model string) {
+		log.Warn("model not in the price table; billing it at the fallback price", "model", model,
+			"input_per_token_nanos", int64(cfg.Fallback.Input), "output_per_token_nanos", int64(cfg.Fallback.Output))
+	}
+	tk, err := billing.NewTokenizer()
+	if err != nil {
+		return err
+	}
+	proc := processor.New(processor.Config{
+		APIKey: cfg.InternalAPIKey, Upstream: cfg.Provider, UpstreamKey: cfg.UpstreamAPIKey,
+		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
+	}, store, prices, tk, log, nil)
+
+	lis, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("LISTEN_ADDR: %w", err)
+	}
+	adminLis, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("ADMIN_ADDR: %w", err)
+	}
+	// A buffered request body arrives in one message: allow the body limit.
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes) + 1<<20))
+	extprocv3.RegisterExternalProcessorServer(gs, proc)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	admin := &http.Server{Handler: adminMux(store, cfg.RedisTimeout), ReadHeaderTimeout: 5 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- gs.Serve(lis) }()
+	go func() { errc <- admin.Serve(adminLis) }()
+	log.Info("serving", "ext_proc", lis.Addr().String(), "admin", adminLis.Addr().String(),
+		"upstream", cfg.UpstreamBaseURL, "provider", string(cfg.Provider), "daily_limit", cfg.Limit.String(),
+		"prices", prices.Len())
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("server stopped: %w", err)
+	}
+	log.Info("shutting down", "deadline", cfg.ShutdownTimeout.String())
+	hs.Shutdown() // NOT_SERVING: Envoy's health check sends new requests elsewhere
+	deadline, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-deadline.Done():
+		log.Warn("in-flight streams outlived the shutdown deadline; closing them")
+		gs.Stop() // their streams end; each settles what it saw
+	}
+	if err := proc.Drain(deadline); err != nil {
+		log.Error("settlements still pending at exit", "err", err)
+	}
+	_ = admin.Shutdown(deadline)
+	log.Info("stopped")
+	return nil
+}
+
+func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (billing.Store, error) {
+	if cfg.BudgetStore == "memory" {
+		log.Warn("BUDGET_STORE=memory: budgets live in this process only and are lost on restart")
+		return billing.NewMemStore(), nil
+	}
+	rs, err := billing.NewRedisStore(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err = rs.Ping(pctx)
+	switch {
+	case err == nil:
+		log.Info("budget store: redis")
+		return rs, nil
+	case cfg.BudgetStore == "auto":
+		rs.Close()
+		log.Warn("Redis is not answering; using an embedded in-memory store: budgets live in this process only", "err", err)
+		return billing.NewMemStore(), nil
+	default:
+		// Start anyway: /readyz reports the store down and requests fail
+		// closed with 503 until Redis answers.
+		log.Error("Redis is not answering; requests get 503 until it does", "err", err)
+		return rs, nil
+	}
+}
+
+func adminMux(store billing.Store, timeout time.Duration) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		if err := store.Ping(ctx); err != nil {
+			http.Error(w, "budget store unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+

@@ -1,0 +1,153 @@
+// Package config reads the sidecar's settings from the environment (and a
+// .env file), the seed's variable names and defaults included.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/joho/godotenv"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/processor/provider"
+)
+
+// DefaultAPIKey is the seed's default client key; running with it logs a warning.
+const DefaultAPIKey = "changeme-internal-key"
+
+// Config is every setting, parsed and checked.
+type Config struct {
+	InternalAPIKey   string `env:"INTERNAL_API_KEY" envDefault:"changeme-internal-key"`
+	UpstreamBaseURL  string `env:"UPSTREAM_BASE_URL" envDefault:"https://openrouter.ai/api"`
+	UpstreamAPIKey   string `env:"UPSTREAM_API_KEY"`
+	UpstreamProvider string `env:"UPSTREAM_PROVIDER"`
+	RedisURL         string `env:"REDIS_URL" envDefault:"redis://redis:6379/0"`
+	// BudgetStore: "redis" (production), "memory" (this process only) or
+	// "auto" (Redis when it answers at start, else memory, with a warning).
+	BudgetStore      string        `env:"BUDGET_STORE" envDefault:"redis"`
+	DailyBudgetLimit string        `env:"DAILY_BUDGET_LIMIT" envDefault:"5.0"`
+	BudgetTimezone   string        `env:"BUDGET_TIMEZONE" envDefault:"UTC"`
+	ListenAddr       string        `env:"LISTEN_ADDR" envDefault:":50051"`
+	AdminAddr        string        `env:"ADMIN_ADDR" envDefault:":9090"`
+	PricingFile      string        `env:"PRICING_FILE"`
+	FallbackInput    string        `env:"FALLBACK_INPUT_PRICE_PER_MTOK" envDefault:"10"`
+	FallbackOutput   string        `env:"FALLBACK_OUTPUT_PRICE_PER_MTOK" envDefault:"30"`
+	RedisTimeout     time.Duration `env:"REDIS_TIMEOUT" envDefault:"1s"`
+	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+	MaxBodyBytes     uint32        `env:"MAX_REQUEST_BODY_BYTES" envDefault:"8388608"`
+	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
+
+	// Settings of the generated Envoy configuration.
+	EnvoyListenAddr string `env:"ENVOY_LISTEN_ADDR" envDefault:"0.0.0.0:8000"`
+	EnvoyAdminAddr  string `env:"ENVOY_ADMIN_ADDR" envDefault:"127.0.0.1:9901"`
+	ExtProcAddr     string `env:"EXTPROC_ADDR" envDefault:"127.0.0.1:50051"`
+
+	// Derived.
+	Limit     billing.Nanos
+	Location  *time.Location
+	Provider  provider.Kind
+	Fallback  billing.Price
+	Level     slog.Level
+	UsedFiles []string
+}
+
+// Load reads envFile when it exists (variables already set win), then the
+// environment. Errors name the variable and what is wrong with it.
+func Load(envFile string) (*Config, error) {
+	var files []string
+	if envFile != "" {
+		if _, err := os.Stat(envFile); err == nil {
+			if err := godotenv.Load(envFile); err != nil {
+				return nil, fmt.Errorf("%s: %w", envFile, err)
+			}
+			files = append(files, envFile)
+		}
+	}
+	var c Config
+	if err := env.Parse(&c); err != nil {
+		return nil, firstError(err)
+	}
+	c.UsedFiles = files
+	return &c, c.derive()
+}
+
+func (c *Config) derive() error {
+	var err error
+	if c.Limit, err = billing.ParseUSD(c.DailyBudgetLimit); err != nil {
+		return fmt.Errorf("DAILY_BUDGET_LIMIT: %v (want dollars, e.g. 5.0)", err)
+	}
+	if c.Location, err = time.LoadLocation(c.BudgetTimezone); err != nil {
+		return fmt.Errorf("BUDGET_TIMEZONE: %q is not an IANA time zone (e.g. UTC, Europe/Paris)", c.BudgetTimezone)
+	}
+	u, err := url.Parse(c.UpstreamBaseURL)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return fmt.Errorf("UPSTREAM_BASE_URL: %q must be an http:// or https:// URL", c.UpstreamBaseURL)
+	}
+	if c.Provider, err = provider.ParseKind(c.UpstreamProvider, c.UpstreamBaseURL); err != nil {
+		return fmt.Errorf("UPSTREAM_PROVIDER: %v", err)
+	}
+	if c.InternalAPIKey == "" {
+		return errors.New("INTERNAL_API_KEY: must not be empty")
+	}
+	switch c.BudgetStore {
+	case "redis", "memory", "auto":
+	default:
+		return fmt.Errorf("BUDGET_STORE: %q is not one of redis, memory, auto", c.BudgetStore)
+	}
+	if c.BudgetStore != "memory" {
+		if _, err := url.Parse(c.RedisURL); err != nil || !strings.HasPrefix(c.RedisURL, "redis") {
+			return fmt.Errorf("REDIS_URL: %q must be a redis:// or rediss:// URL", c.RedisURL)
+		}
+	}
+	for name, addr := range map[string]string{"LISTEN_ADDR": c.ListenAddr, "ADMIN_ADDR": c.AdminAddr,
+		"ENVOY_LISTEN_ADDR": c.EnvoyListenAddr, "ENVOY_ADMIN_ADDR": c.EnvoyAdminAddr, "EXTPROC_ADDR": c.ExtProcAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s: %q is not host:port", name, addr)
+		}
+	}
+	if c.Fallback.Input, err = perMTok(c.FallbackInput); err != nil {
+		return fmt.Errorf("FALLBACK_INPUT_PRICE_PER_MTOK: %v", err)
+	}
+	if c.Fallback.Output, err = perMTok(c.FallbackOutput); err != nil {
+		return fmt.Errorf("FALLBACK_OUTPUT_PRICE_PER_MTOK: %v", err)
+	}
+	if err := c.Level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("LOG_LEVEL: %q is not debug, info, warn or error", c.LogLevel)
+	}
+	if c.RedisTimeout <= 0 {
+		return errors.New("REDIS_TIMEOUT: must be positive, e.g. 500ms")
+	}
+	if c.MaxBodyBytes < 1024 {
+		return errors.New("MAX_REQUEST_BODY_BYTES: must be at least 1024")
+	}
+	return nil
+}
+
+// perMTok turns dollars per million tokens into nano-dollars per token.
+func perMTok(s string) (billing.Nanos, error) {
+	n, err := billing.ParseUSD(s)
+	if err != nil {
+		return 0, err
+	}
+	if n%1_000_000 != 0 {
+		return 0, fmt.Errorf("%q per million tokens is finer than a nano-dollar per token", s)
+	}
+	return n / 1_000_000, nil
+}
+
+// firstError keeps the first of env's aggregated errors: one line naming
+// the variable.
+func firstError(err error) error {
+	var agg env.AggregateError
+	if errors.As(err, &agg) && len(agg.Errors) > 0 {
+		return agg.Errors[0]
+	}
+	return err
+}

@@ -1,0 +1,307 @@
+// Package envoy generates the Envoy configuration that puts the sidecar in
+// front of an LLM upstream. Building it from go-control-plane's typed
+// messages makes it valid by construction; compose, local runs and the
+// end-to-end tests all use this one generator.
+package envoy
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"sigs.k8s.io/yaml"
+)
+
+// Options are the settings the Envoy configuration is built from.
+type Options struct {
+	ListenAddr   string // where clients connect, e.g. "0.0.0.0:8000"
+	AdminAddr    string // Envoy's admin interface, e.g. "127.0.0.1:9901"
+	ExtProcAddr  string // where Envoy reaches the sidecar, e.g. "aifirewall:50051"
+	UpstreamURL  string // UPSTREAM_BASE_URL
+	MaxBodyBytes uint32 // larger request bodies get 413 from Envoy
+	// CACertFile verifies the upstream's TLS certificate (https upstreams).
+	CACertFile string
+	// MessageTimeout bounds each ext_proc reply; prompt counting of a body
+	// at the size limit must fit in it.
+	MessageTimeout time.Duration
+}
+
+const (
+	upstreamCluster = "llm_upstream"
+	extProcCluster  = "aifirewall_extproc"
+)
+
+// Bootstrap builds the configuration.
+func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
+	up, err := url.Parse(o.UpstreamURL)
+	if err != nil || up.Host == "" || (up.Scheme != "http" && up.Scheme != "https") {
+		return nil, fmt.Errorf("UPSTREAM_BASE_URL %q must be an http:// or https:// URL", o.UpstreamURL)
+	}
+	listen, err := socketAddress(o.ListenAddr, "")
+	if err != nil {
+		return nil, fmt.Errorf("listen address: %w", err)
+	}
+	admin, err := socketAddress(o.AdminAddr, "")
+	if err != nil {
+		return nil, fmt.Errorf("admin address: %w", err)
+	}
+	if o.MessageTimeout <= 0 {
+		o.MessageTimeout = 10 * time.Second
+	}
+	hcm, err := connectionManager(o, up)
+	if err != nil {
+		return nil, err
+	}
+	upCluster, err := upstream(o, up)
+	if err != nil {
+		return nil, err
+	}
+	epCluster, err := extProc(o.ExtProcAddr)
+	if err != nil {
+		return nil, err
+	}
+	return &bootstrapv3.Bootstrap{
+		Admin: &bootstrapv3.Admin{Address: admin},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
+			Listeners: []*listenerv3.Listener{{
+				Name:                          "llm_ingress",
+				Address:                       listen,
+				PerConnectionBufferLimitBytes: wrapperspb.UInt32(o.MaxBodyBytes),
+				FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+					Name:       "envoy.filters.network.http_connection_manager",
+					ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm},
+				}}}},
+			}},
+			Clusters: []*clusterv3.Cluster{upCluster, epCluster},
+		},
+	}, nil
+}
+
+func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
+	extProc := &extprocv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: extProcCluster}}},
+		FailureModeAllow: false, // never forward a request the firewall did not see
+		ProcessingMode: &extprocv3.ProcessingMode{
+			RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+			RequestBodyMode:     extprocv3.ProcessingMode_BUFFERED,
+			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+			ResponseHeaderMode:  extprocv3.ProcessingMode_SEND,
+			ResponseBodyMode:    extprocv3.ProcessingMode_STREAMED,
+			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+		},
+		AllowModeOverride: true,
+		// The sidecar sets the exact length when it rewrites a body, so
+		// providers get a Content-Length rather than a chunked body.
+		AllowContentLengthHeader: true,
+		MessageTimeout:           durationpb.New(o.MessageTimeout),
+		MaxMessageTimeout:        durationpb.New(3 * o.MessageTimeout),
+		StatusOnError:            &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		StatPrefix:               "aifirewall",
+	}
+	disabled, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
+	if err != nil {
+		return nil, err
+	}
+	basePath := strings.TrimSuffix(up.Path, "/")
+	forward := &routev3.RouteAction{
+		ClusterSpecifier:     &routev3.RouteAction_Cluster{Cluster: upstreamCluster},
+		HostRewriteSpecifier: &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: up.Host},
+		// LLM streams run for minutes: no overall deadline, only an idle one.
+		Timeout:     durationpb.New(0),
+		IdleTimeout: durationpb.New(5 * time.Minute),
+	}
+	if basePath != "" {
+		forward.PrefixRewrite = basePath + "/"
+	}
+	routes := &routev3.RouteConfiguration{
+		Name: "llm",
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    "llm",
+			Domains: []string{"*"},
+			Routes: []*routev3.Route{
+				{
+					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/health"}},
+					Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+						Status: 200,
+						Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: `{"status":"ok"}`}},
+					}},
+					TypedPerFilterConfig: map[string]*anypb.Any{"envoy.filters.http.ext_proc": disabled},
+				},
+				{
+					Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &routev3.Route_Route{Route: forward},
+				},
+			},
+		}},
+	}
+	accessLog, err := anypb.New(&streamv3.StdoutAccessLog{})
+	if err != nil {
+		return nil, err
+	}
+	typed := func(m proto.Message) *anypb.Any { a, _ := anypb.New(m); return a }
+	return anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix:        "llm_ingress",
+		CodecType:         hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier:    &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: routes},
+		StreamIdleTimeout: durationpb.New(5 * time.Minute),
+		RequestTimeout:    durationpb.New(0),
+		UseRemoteAddress:  wrapperspb.Bool(true),
+		GenerateRequestId: wrapperspb.Bool(true),
+		AccessLog: []*accesslogv3.AccessLog{{
+			Name:       "envoy.access_loggers.stdout",
+			ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: accessLog},
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: "envoy.filters.http.ext_proc", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})}},
+		},
+	})
+}
+
+func upstream(o Options, up *url.URL) (*clusterv3.Cluster, error) {
+	defaultPort := "80"
+	if up.Scheme == "https" {
+		defaultPort = "443"
+	}
+	addr, err := socketAddress(up.Host, defaultPort)
+	if err != nil {
+		return nil, fmt.Errorf("UPSTREAM_BASE_URL: %w", err)
+	}
+	c := staticOrDNS(upstreamCluster, addr)
+	c.ConnectTimeout = durationpb.New(5 * time.Second)
+	if up.Scheme == "https" {
+		ca := o.CACertFile
+		if ca == "" {
+			ca = "/etc/ssl/certs/ca-certificates.crt"
+		}
+		tlsCtx, err := anypb.New(&tlsv3.UpstreamTlsContext{
+			Sni: up.Hostname(),
+			CommonTlsContext: &tlsv3.CommonTlsContext{
+				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+					TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: ca}},
+					MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+						SanType: tlsv3.SubjectAltNameMatcher_DNS,
+						Matcher: exact(up.Hostname()),
+					}},
+				}},
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsCtx}}
+	}
+	return c, nil
+}
+
+func extProc(address string) (*clusterv3.Cluster, error) {
+	addr, err := socketAddress(address, "")
+	if err != nil {
+		return nil, fmt.Errorf("ext_proc address: %w", err)
+	}
+	c := staticOrDNS(extProcCluster, addr)
+	c.ConnectTimeout = durationpb.New(time.Second)
+	h2, err := anypb.New(&httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2}
+	// Envoy asks the sidecar's gRPC health service; a draining sidecar
+	// answers NOT_SERVING and stops getting new requests.
+	c.HealthChecks = []*corev3.HealthCheck{{
+		Timeout:            durationpb.New(time.Second),
+		Interval:           durationpb.New(5 * time.Second),
+		UnhealthyThreshold: wrapperspb.UInt32(2),
+		HealthyThreshold:   wrapperspb.UInt32(1),
+		HealthChecker:      &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{}},
+	}}
+	return c, nil
+}
+
+func staticOrDNS(name string, addr *corev3.Address) *clusterv3.Cluster {
+	kind := clusterv3.Cluster_STATIC
+	if net.ParseIP(addr.GetSocketAddress().GetAddress()) == nil {
+		kind = clusterv3.Cluster_STRICT_DNS
+	}
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: kind},
+		DnsLookupFamily:      clusterv3.Cluster_V4_PREFERRED,
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: addr}},
+			}}}},
+		},
+	}
+}
+
+// socketAddress parses host:port; an empty host means all interfaces.
+func socketAddress(hostport, defaultPort string) (*corev3.Address, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil && defaultPort != "" {
+		host, port, err = hostport, defaultPort, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%q is not host:port: %w", hostport, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("%q: port %q is not a number", hostport, port)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)},
+	}}}, nil
+}
+
+// YAML renders the configuration for `envoy -c`.
+func YAML(o Options) ([]byte, error) {
+	b, err := Bootstrap(o)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("envoy config invalid: %w", err)
+	}
+	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(b)
+	if err != nil {
+		return nil, err
+	}
+	return yaml.JSONToYAML(js)
+}
+
+func exact(s string) *matcherv3.StringMatcher {
+	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}
+}

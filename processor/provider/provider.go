@@ -1,0 +1,132 @@
+// Package provider knows the wire formats of the LLM APIs the firewall
+// fronts: how to read a request (model, prompt, limits) and how to meter a
+// response (provider-reported usage, or the text to count when none comes).
+// One file per format; each implements Endpoint.
+package provider
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/processor/sse"
+)
+
+// Endpoint reads one API's requests and meters its responses.
+type Endpoint interface {
+	// ParseRequest validates body and extracts what billing needs. It may
+	// return a rewritten body in Request.Body.
+	ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, error)
+	// NewMeter returns a meter for the response to req.
+	NewMeter(req *Request, tk *billing.Tokenizer) Meter
+}
+
+// Meter accumulates what a response consumed.
+type Meter interface {
+	// Event takes one SSE event; drop tells the caller not to pass the
+	// event on (it exists only because the firewall asked for usage).
+	Event(ev sse.Event) (drop bool)
+	// Body takes a complete non-streamed response body.
+	Body(body []byte)
+	// Usage is the request's consumption: what the provider reported,
+	// completed by counting for whatever it did not report.
+	Usage() billing.Usage
+}
+
+// Request is what the firewall needs to know of a request.
+type Request struct {
+	Model        string
+	Stream       bool
+	User         string // the body's "user" field, if any
+	MaxOutput    int64  // max_tokens & co.; 0 when not given
+	PromptTokens int64  // counted locally, before forwarding
+	// Body is the rewritten request body, nil when it is unchanged.
+	Body []byte
+	// UsageInjected says the firewall asked for a usage report the client
+	// did not; the report must be removed from what the client receives.
+	UsageInjected bool
+}
+
+// BadRequest is a client error in a request body; its message is safe to
+// return to the client.
+type BadRequest struct {
+	Param, Msg string
+}
+
+func (e *BadRequest) Error() string { return e.Msg }
+
+func badRequest(param, format string, args ...any) error {
+	return &BadRequest{Param: param, Msg: fmt.Sprintf(format, args...)}
+}
+
+// IsBadRequest reports whether err is the client's fault.
+func IsBadRequest(err error) bool {
+	var b *BadRequest
+	return errors.As(err, &b)
+}
+
+// Kind is an upstream provider.
+type Kind string
+
+const (
+	OpenAI     Kind = "openai"
+	OpenRouter Kind = "openrouter"
+	Anthropic  Kind = "anthropic"
+)
+
+// ParseKind reads UPSTREAM_PROVIDER; empty means "from the base URL".
+func ParseKind(explicit, baseURL string) (Kind, error) {
+	switch k := Kind(strings.ToLower(strings.TrimSpace(explicit))); k {
+	case OpenAI, OpenRouter, Anthropic:
+		return k, nil
+	case "":
+	default:
+		return "", fmt.Errorf("unknown provider %q (want openai, openrouter or anthropic)", explicit)
+	}
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		return "", fmt.Errorf("parse base URL: %w", err)
+	}
+	host := strings.ToLower(u.Hostname())
+	switch {
+	case host == "api.anthropic.com" || strings.HasSuffix(host, ".anthropic.com"):
+		return Anthropic, nil
+	case host == "api.openai.com" || strings.HasSuffix(host, ".openai.com"):
+		return OpenAI, nil
+	default:
+		// OpenRouter's format is OpenAI's plus extras, so it is the safe
+		// reading of an unknown OpenAI-compatible host too.
+		return OpenRouter, nil
+	}
+}
+
+// AuthHeaders are the headers that carry the upstream credential.
+func (k Kind) AuthHeaders(apiKey string) map[string]string {
+	if k == Anthropic {
+		return map[string]string{"x-api-key": apiKey, "anthropic-version": "2023-06-01"}
+	}
+	return map[string]string{"authorization": "Bearer " + apiKey}
+}
+
+// Route is what the firewall does with a method and path.
+type Route struct {
+	Endpoint Endpoint // nil for requests that are forwarded unmetered
+	Path     string   // the canonical path, for logs and metrics
+}
+
+// Route finds the endpoint for method and path (query string stripped).
+// Unlisted paths are denied by the caller.
+func (k Kind) Route(method, path string) (Route, bool) {
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	switch {
+	case method == "POST" && path == "/v1/chat/completions":
+		return Route{Endpoint: Chat{OpenRouterCost: k == OpenRouter}, Path: path}, true
+	case method == "GET" && path == "/v1/models":
+		return Route{Path: path}, true
+	}
+	return Route{}, false
+}

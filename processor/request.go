@@ -1,0 +1,346 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/processor/provider"
+	"github.com/aifirewall/aifirewall/processor/sse"
+)
+
+// maxJSONResponse bounds a buffered (non-streamed) response body kept for
+// metering; past it the response is billed from the prompt count alone.
+const maxJSONResponse = 8 << 20
+
+// request is the state of one HTTP request, phase by phase:
+//
+//	request headers  → route, authenticate, swap credentials
+//	request body     → parse, count the prompt, budget gate
+//	response headers → status and content type decide how to meter
+//	response body    → answer Envoy, then meter each chunk
+//	end or cancel    → settle the spend, exactly once
+type request struct {
+	s   *Server
+	log *slog.Logger
+
+	id         string
+	headerUser string
+	user       string
+	route      provider.Route
+	req        *provider.Request
+	day        string
+	spent      billing.Nanos // at admission
+
+	meter     provider.Meter
+	status    int
+	sse       bool
+	parser    sse.Parser
+	held      []byte // an incomplete SSE event, held while usage may be stripped
+	skipLF    bool   // a dropped event ended on CR whose LF is still to come
+	body      []byte // a JSON response body, collected for metering
+	overflow  bool
+	responded bool // response headers seen: the upstream answered
+	ended     bool // response end of stream seen
+	settled   bool
+}
+
+func (r *request) handle(ctx context.Context, msg *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func()) {
+	switch m := msg.Request.(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return r.requestHeaders(m.RequestHeaders), nil
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return r.requestBody(ctx, m.RequestBody), nil
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return r.responseHeaders(m.ResponseHeaders), nil
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return r.responseBody(m.ResponseBody)
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{
+			RequestTrailers: &extprocv3.TrailersResponse{}}}, nil
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
+			ResponseTrailers: &extprocv3.TrailersResponse{}}}, nil
+	}
+	return nil, nil
+}
+
+func (r *request) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	hm := h.GetHeaders()
+	r.id = headerValue(hm, "x-request-id")
+	r.log = r.s.log.With("request_id", r.id)
+	method, path := headerValue(hm, ":method"), headerValue(hm, ":path")
+
+	route, ok := r.s.cfg.Upstream.Route(method, path)
+	if !ok {
+		return immediate(&apiError{status: 404, Type: "invalid_request_error", Code: "unknown_url",
+			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: POST /v1/chat/completions, GET /v1/models", method, cleanPath(path))})
+	}
+	r.route = route
+	if e := r.authenticate(hm); e != nil {
+		return immediate(e)
+	}
+	r.headerUser = headerValue(hm, "x-user-id")
+
+	// The client's credential never reaches the provider: drop it and
+	// present the upstream's. Identity encoding keeps the body readable.
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: []string{"authorization", "x-api-key"}}
+	for k, v := range r.s.cfg.Upstream.AuthHeaders(r.s.cfg.UpstreamKey) {
+		mut.SetHeaders = append(mut.SetHeaders, header(k, v))
+	}
+	mut.SetHeaders = append(mut.SetHeaders, header("accept-encoding", "identity"))
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: mut}},
+	}}
+}
+
+func (r *request) authenticate(hm *corev3.HeaderMap) *apiError {
+	auth := headerValues(hm, "authorization")
+	if len(auth) > 1 {
+		return unauthorized("more than one Authorization header was sent; send exactly one: 'Authorization: Bearer <key>'")
+	}
+	if len(auth) == 0 {
+		return unauthorized("no API key provided; send 'Authorization: Bearer <key>' with the key your gateway operator gave you")
+	}
+	scheme, key, ok := strings.Cut(auth[0], " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || !r.s.authorized(strings.TrimSpace(key)) {
+		return unauthorized("invalid API key; send 'Authorization: Bearer <key>' with the key your gateway operator gave you")
+	}
+	return nil
+}
+
+func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if r.route.Endpoint == nil {
+		return bodyResponse(nil, nil)
+	}
+	req, err := r.route.Endpoint.ParseRequest(b.GetBody(), r.s.tk)
+	if err != nil {
+		var bad *provider.BadRequest
+		if errors.As(err, &bad) {
+			return immediate(invalidRequest(bad.Param, bad.Msg))
+		}
+		return immediate(invalidRequest("", "the request body could not be read: "+err.Error()))
+	}
+	r.req = req
+	r.user = firstNonEmpty(r.headerUser, req.User, "default")
+	if e := validUser(r.user); e != nil {
+		return immediate(e)
+	}
+	r.log = r.log.With("user", r.user, "model", req.Model)
+
+	now := r.s.now()
+	r.day = billing.Day(now, r.s.cfg.Location)
+	sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
+	spent, err := r.s.store.Spent(sctx, r.user, r.day)
+	cancel()
+	if err != nil {
+		r.log.Error("budget store unavailable", "err", err)
+		return immediate(unavailable("the budget store is unreachable, so the request was not forwarded; retry shortly, and tell your gateway operator if it persists"))
+	}
+	r.spent = spent
+	if spent >= r.s.cfg.DailyLimit {
+		reset := billing.NextReset(now, r.s.cfg.Location)
+		r.log.Info("over budget", "spent_nanos", int64(spent))
+		return immediate(overBudget(r.s.cfg.DailyLimit, spent, reset, now))
+	}
+	r.log.Debug("admitted", "prompt_tokens", req.PromptTokens, "stream", req.Stream)
+
+	if req.Body == nil {
+		return bodyResponse(nil, nil)
+	}
+	// The body grew (stream_options added): its length must follow.
+	mut := &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+		header("content-length", strconv.Itoa(len(req.Body)))}}
+	return bodyResponse(req.Body, mut)
+}
+
+func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	hm := h.GetHeaders()
+	r.responded = true
+	r.status = statusOf(hm)
+	r.sse = strings.HasPrefix(headerValue(hm, "content-type"), "text/event-stream")
+	if r.req != nil && r.billable() {
+		r.meter = r.route.Endpoint.NewMeter(r.req, r.s.tk)
+	}
+	mut := &extprocv3.HeaderMutation{}
+	if r.req != nil {
+		limit := r.s.cfg.DailyLimit
+		reset := billing.NextReset(r.s.now(), r.s.cfg.Location)
+		mut.SetHeaders = append(mut.SetHeaders,
+			header("x-aifirewall-budget-limit", limit.Decimal()),
+			header("x-aifirewall-budget-remaining", max(limit-r.spent, 0).Decimal()),
+			header("x-aifirewall-budget-reset", reset.UTC().Format(time.RFC3339)))
+		if r.sse && r.req.UsageInjected {
+			mut.RemoveHeaders = append(mut.RemoveHeaders, "content-length")
+		}
+	}
+	if h.GetEndOfStream() {
+		r.ended = true
+		r.settle()
+	}
+	// Response bodies stay STREAMED (the filter's default) for JSON too:
+	// buffering would hold the reply and bound it by Envoy's buffer limit,
+	// while metering needs only to see the bytes go by.
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: mut}},
+	}}
+}
+
+// responseBody answers Envoy first and meters after, except when usage the
+// client did not ask for must be cut out of the chunk before it goes on.
+func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, func()) {
+	chunk, eos := b.GetBody(), b.GetEndOfStream()
+	if r.meter == nil {
+		r.ended = r.ended || eos
+		return responseBody(nil), nil
+	}
+	if r.sse && r.req.UsageInjected {
+		out := r.meterSSE(chunk, eos, true)
+		r.afterChunk(eos)
+		return responseBody(out), nil
+	}
+	return responseBody(nil), func() {
+		if r.sse {
+			r.meterSSE(chunk, eos, false)
+		} else {
+			r.collect(chunk, eos)
+		}
+		r.afterChunk(eos)
+	}
+}
+
+func (r *request) afterChunk(eos bool) {
+	if eos {
+		r.ended = true
+		r.settle()
+	}
+}
+
+// collect keeps a JSON response body for metering at its end.
+func (r *request) collect(chunk []byte, eos bool) {
+	if !r.overflow {
+		if len(r.body)+len(chunk) > maxJSONResponse {
+			r.overflow, r.body = true, nil
+			r.log.Warn("response body too large to meter; billing the prompt count only")
+		} else {
+			r.body = append(r.body, chunk...)
+		}
+	}
+	if eos {
+		if !r.overflow {
+			r.meter.Body(r.body)
+		}
+		r.body = nil
+	}
+}
+
+// billable says the response is one the provider charges for.
+func (r *request) billable() bool { return r.status >= 200 && r.status < 300 }
+
+// finish runs when Envoy closes the stream. A response that began but did
+// not end (the client went away, the upstream broke off) is billed for
+// what was seen.
+func (r *request) finish() {
+	if r.meter != nil && !r.ended {
+		r.parser.Flush(func(ev sse.Event) { r.meter.Event(ev) })
+		if r.body != nil && !r.overflow {
+			r.meter.Body(r.body)
+		}
+		r.log.Info("stream ended before the response did; billing what was streamed")
+	}
+	r.settle()
+}
+
+// settle prices the request and hands the charge to the store, once.
+func (r *request) settle() {
+	if r.settled || r.meter == nil {
+		return
+	}
+	r.settled = true
+	u := r.meter.Usage()
+	cost := r.s.prices.For(r.req.Model).Cost(u)
+	r.log.Info("settled",
+		"prompt_tokens", u.PromptTokens(), "completion_tokens", u.CompletionTokens(),
+		"cached_tokens", u.CacheRead, "reasoning_tokens", u.Reasoning,
+		"cost_nanos", int64(cost), "status", r.status, "complete", r.ended)
+	if cost == 0 {
+		return
+	}
+	id := r.id
+	if id == "" {
+		// Without Envoy's request id there is nothing to deduplicate on;
+		// a unique id still bills this request exactly once.
+		id = fmt.Sprintf("noid-%p-%d", r, time.Now().UnixNano())
+	}
+	r.s.settle(billing.Settlement{User: r.user, Day: r.day, RequestID: id, Amount: cost}, r.log)
+}
+
+func overBudget(limit, spent billing.Nanos, reset, now time.Time) *apiError {
+	wait := int64(reset.Sub(now).Round(time.Second) / time.Second)
+	return &apiError{status: 402, Type: "budget_exceeded", Code: "budget_exceeded",
+		Message: fmt.Sprintf("daily budget exceeded: spent %s of a %s limit today; the budget resets at %s (in %ds). Ask your gateway operator to raise the limit, or retry after the reset.",
+			spent, limit, reset.UTC().Format(time.RFC3339), wait),
+		headers: map[string]string{"retry-after": strconv.FormatInt(max(wait, 1), 10)}}
+}
+
+// bodyResponse answers a request body phase, replacing the body when body
+// is not nil.
+func bodyResponse(body []byte, mut *extprocv3.HeaderMutation) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
+		RequestBody: &extprocv3.BodyResponse{Response: commonBody(body, mut)}}}
+}
+
+// responseBody answers a response body chunk, replacing it when body is
+// not nil.
+func responseBody(body []byte) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
+		ResponseBody: &extprocv3.BodyResponse{Response: commonBody(body, nil)}}}
+}
+
+func commonBody(body []byte, mut *extprocv3.HeaderMutation) *extprocv3.CommonResponse {
+	common := &extprocv3.CommonResponse{HeaderMutation: mut}
+	if body != nil {
+		common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+	}
+	return common
+}
+
+// validUser rejects user ids that could not be a budget key.
+func validUser(u string) *apiError {
+	if len(u) > 256 {
+		return invalidRequest("user", "the user id is longer than 256 bytes; send a shorter x-user-id or 'user'")
+	}
+	for _, c := range u {
+		if unicode.IsControl(c) || c == '{' || c == '}' {
+			return invalidRequest("user", "the user id contains a control character or a brace; use letters, digits and punctuation")
+		}
+	}
+	return nil
+}
+
+func firstNonEmpty(v ...string) string {
+	for _, s := range v {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+func cleanPath(p string) string {
+	p, _, _ = strings.Cut(p, "?")
+	if len(p) > 100 {
+		p = p[:100] + "…"
+	}
+	return p
+}
+

@@ -1,0 +1,133 @@
+// Package processor is the ext_proc server: Envoy opens one gRPC stream per
+// HTTP request and the sidecar walks it through the phases in request.go.
+package processor
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/processor/provider"
+)
+
+// Config is what the processor needs to decide on a request.
+type Config struct {
+	APIKey       string        // the key clients present (INTERNAL_API_KEY)
+	Upstream     provider.Kind // which provider the upstream is
+	UpstreamKey  string        // the credential sent upstream instead
+	DailyLimit   billing.Nanos // per user per budget day
+	Location     *time.Location
+	StoreTimeout time.Duration // bound on each budget-store call
+	SettleTries  int           // attempts to write a settlement
+}
+
+// Server implements Envoy's ExternalProcessor service.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+
+	cfg     Config
+	keyHash [32]byte
+	store   billing.Store
+	prices  *billing.Prices
+	tk      *billing.Tokenizer
+	log     *slog.Logger
+	now     func() time.Time
+
+	settling sync.WaitGroup
+}
+
+// New returns a processor. now may be nil for the wall clock.
+func New(cfg Config, store billing.Store, prices *billing.Prices, tk *billing.Tokenizer, log *slog.Logger, now func() time.Time) *Server {
+	if now == nil {
+		now = time.Now
+	}
+	if cfg.Location == nil {
+		cfg.Location = time.UTC
+	}
+	if cfg.StoreTimeout <= 0 {
+		cfg.StoreTimeout = time.Second
+	}
+	if cfg.SettleTries <= 0 {
+		cfg.SettleTries = 3
+	}
+	return &Server{cfg: cfg, keyHash: sha256.Sum256([]byte(cfg.APIKey)), store: store,
+		prices: prices, tk: tk, log: log, now: now}
+}
+
+// Process handles one HTTP request's stream of phases.
+func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	r := &request{s: s, log: s.log}
+	defer r.finish()
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			// EOF or a cancelled stream: Envoy is done with this request,
+			// whether it completed or the client went away.
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		}
+		resp, after := r.handle(stream.Context(), msg)
+		if resp != nil {
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+		}
+		if after != nil {
+			after()
+		}
+	}
+}
+
+// authorized compares key with the configured key in constant time.
+func (s *Server) authorized(key string) bool {
+	h := sha256.Sum256([]byte(key))
+	return subtle.ConstantTimeCompare(h[:], s.keyHash[:]) == 1
+}
+
+// settle writes a request's charge in the background, retrying, so the
+// Envoy stream is never held up by the store. Drain waits for these.
+func (s *Server) settle(set billing.Settlement, log *slog.Logger) {
+	s.settling.Go(func() {
+		var err error
+		for try := range s.cfg.SettleTries {
+			if try > 0 {
+				time.Sleep(time.Duration(try*try) * 100 * time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
+			var applied bool
+			applied, err = s.store.Settle(ctx, set)
+			cancel()
+			if err == nil {
+				if !applied {
+					log.Info("settlement already applied", "cost_nanos", int64(set.Amount))
+				}
+				return
+			}
+		}
+		log.Error("settlement lost", "cost_nanos", int64(set.Amount), "user", set.User, "day", set.Day, "err", err)
+	})
+}
+
+// Drain waits until every settlement started has been written, or ctx ends.
+func (s *Server) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.settling.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,52 @@
+package processor
+
+import "github.com/aifirewall/aifirewall/processor/sse"
+
+// meterSSE feeds an SSE chunk to the meter. With strip it also returns the
+// chunk as the client must see it: the events the meter dropped are cut
+// out, and an incomplete trailing event is held back until it completes,
+// since it cannot be judged before. Without strip it returns nil.
+func (r *request) meterSSE(chunk []byte, eos, strip bool) []byte {
+	if !strip {
+		r.parser.Feed(chunk, func(ev sse.Event) { r.meter.Event(ev) })
+		if eos {
+			r.parser.Flush(func(ev sse.Event) { r.meter.Event(ev) })
+		}
+		return nil
+	}
+	prev := len(r.held)
+	r.held = append(r.held, chunk...)
+	out := make([]byte, 0, len(r.held))
+	start := 0
+	emit := func(end int, drop bool) {
+		if r.skipLF && start < len(r.held) && r.held[start] == '\n' {
+			start++ // the LF of a dropped event's CRLF arrived in this chunk
+		}
+		r.skipLF = false
+		if end < start {
+			end = start
+		}
+		// The event ended on CR; its LF, when already here, goes with it.
+		if end > 0 && r.held[end-1] == '\r' {
+			if end < len(r.held) && r.held[end] == '\n' {
+				end++
+			} else if drop {
+				r.skipLF = true
+			}
+		}
+		if !drop {
+			out = append(out, r.held[start:end]...)
+		}
+		start = end
+	}
+	r.parser.Feed(chunk, func(ev sse.Event) { emit(prev+ev.End, r.meter.Event(ev)) })
+	if eos {
+		drop := false
+		r.parser.Flush(func(ev sse.Event) { drop = r.meter.Event(ev) })
+		emit(len(r.held), drop)
+		r.held = nil
+		return out
+	}
+	r.held = append(r.held[:0], r.held[start:]...)
+	return out
+}
