@@ -1,0 +1,240 @@
+package envoy_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pkoukk/tiktoken-go"
+	tiktokenloader "github.com/pkoukk/tiktoken-go-loader"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/internal/fakellm"
+	"github.com/aifirewall/aifirewall/internal/testenv"
+)
+
+// gpt-4o-mini in the price table, nano-dollars per token.
+const (
+	miniIn     = 150
+	miniCached = 75
+	miniOut    = 600
+)
+
+// The seed README's quick-start request.
+const seedBody = `{
+    "model": "openai/gpt-4o-mini",
+    "stream": true,
+    "messages": [{"role": "user", "content": "Hello!"}]
+  }`
+
+func post(t *testing.T, s *testenv.Stack, path, key, body string, headers map[string]string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest("POST", s.Envoy.URL()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("content-type", "application/json")
+	if key != "" {
+		req.Header.Set("authorization", "Bearer "+key)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+type apiError struct {
+	Error struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Code    string  `json:"code"`
+		Param   *string `json:"param"`
+	} `json:"error"`
+}
+
+func decodeError(t *testing.T, resp *http.Response) apiError {
+	t.Helper()
+	if ct := resp.Header.Get("content-type"); ct != "application/json" {
+		t.Fatalf("error content-type = %q", ct)
+	}
+	var e apiError
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+		t.Fatalf("error body is not the OpenAI shape: %v", err)
+	}
+	return e
+}
+
+// contentOf reads an SSE chat stream and returns the concatenated content
+// and the raw data lines.
+func contentOf(t *testing.T, body io.Reader) (string, []string) {
+	t.Helper()
+	var text strings.Builder
+	var lines []string
+	sc := bufio.NewScanner(body)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		lines = append(lines, line)
+		if line == "[DONE]" {
+			break
+		}
+		var chunk struct {
+			Choices []struct {
+				Delta struct {
+					Content string `json:"content"`
+				} `json:"delta"`
+			} `json:"choices"`
+		}
+		if err := json.Unmarshal([]byte(line), &chunk); err != nil {
+			t.Fatalf("bad chunk %q: %v", line, err)
+		}
+		for _, c := range chunk.Choices {
+			text.WriteString(c.Delta.Content)
+		}
+	}
+	return text.String(), lines
+}
+
+func today(user string) string { return billing.BudgetKey(user, billing.Day(time.Now(), time.UTC)) }
+
+// o200k counts tokens the way the reference library does, independently of
+// the billing package.
+func o200k(t *testing.T, text string) int64 {
+	t.Helper()
+	tiktoken.SetBpeLoader(tiktokenloader.NewOfflineLoader())
+	enc, err := tiktoken.GetEncoding("o200k_base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(len(enc.EncodeOrdinary(text)))
+}
+
+func TestUnauthorized(t *testing.T) {
+	s := testenv.StartStack(t, testenv.StackOptions{})
+	for name, key := range map[string]string{"no key": "", "wrong key": "not-the-key", "upstream key": testenv.UpstreamKey} {
+		t.Run(name, func(t *testing.T) {
+			resp := post(t, s, "/v1/chat/completions", key, seedBody, nil)
+			if resp.StatusCode != 401 {
+				t.Fatalf("status = %d, want 401", resp.StatusCode)
+			}
+			e := decodeError(t, resp)
+			if e.Error.Type != "authentication_error" || e.Error.Code != "invalid_api_key" || e.Error.Message == "" {
+				t.Fatalf("error = %+v", e.Error)
+			}
+		})
+	}
+	if n := len(s.Upstream.Requests()); n != 0 {
+		t.Fatalf("upstream received %d requests from unauthenticated clients", n)
+	}
+}
+
+func TestSeedCurlStreamsThroughEnvoy(t *testing.T) {
+	s := testenv.StartStack(t, testenv.StackOptions{UpstreamPath: "/api"})
+	// The upstream stops after the first word until released: the client
+	// can only read that word if it was passed on while the upstream was
+	// still streaming.
+	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody,
+		map[string]string{"x-fake-gate": "first", "x-fake-gate-after": "1", "x-fake-split": "7", "x-user-id": "seed"})
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("content-type"), "text/event-stream") {
+		t.Fatalf("status %d, content-type %q", resp.StatusCode, resp.Header.Get("content-type"))
+	}
+	br := bufio.NewReader(resp.Body)
+	got := make(chan string, 1)
+	go func() {
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				got <- "error: " + err.Error()
+				return
+			}
+			if strings.Contains(line, `"content":"Hello!"`) {
+				got <- line
+				return
+			}
+		}
+	}()
+	select {
+	case line := <-got:
+		if strings.HasPrefix(line, "error") {
+			t.Fatal(line)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first word did not reach the client while the upstream held the stream open")
+	}
+	s.Upstream.Release("first")
+	rest, _ := contentOf(t, br)
+	if full := "Hello!" + rest; full != fakellm.Answer(12) {
+		t.Fatalf("answer = %q, want %q", full, fakellm.Answer(12))
+	}
+	// The upstream got the rewritten path under its base path.
+	if p := s.Upstream.Requests()[0].Path; p != "/api/v1/chat/completions" {
+		t.Fatalf("upstream path = %q", p)
+	}
+}
+
+func TestUpstreamNeverSeesClientKey(t *testing.T) {
+	s := testenv.StartStack(t, testenv.StackOptions{})
+	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody, map[string]string{"x-api-key": testenv.ClientKey})
+	io.Copy(io.Discard, resp.Body)
+	reqs := s.Upstream.Requests()
+	if len(reqs) != 1 {
+		t.Fatalf("upstream got %d requests", len(reqs))
+	}
+	r := reqs[0]
+	if got := r.Headers.Values("Authorization"); len(got) != 1 || got[0] != "Bearer "+testenv.UpstreamKey {
+		t.Fatalf("upstream authorization = %q", got)
+	}
+	for name, values := range r.Headers {
+		for _, v := range values {
+			if strings.Contains(v, testenv.ClientKey) {
+				t.Fatalf("client key reached the upstream in %s", name)
+			}
+		}
+	}
+	if strings.Contains(r.Body, testenv.ClientKey) {
+		t.Fatal("client key in the upstream body")
+	}
+	// The body was rewritten to ask for usage; its length followed.
+	if cl := r.Headers.Get("Content-Length"); cl != strconv.Itoa(len(r.Body)) {
+		t.Fatalf("content-length %s for a body of %d bytes", cl, len(r.Body))
+	}
+	if !strings.Contains(r.Body, `"include_usage":true`) {
+		t.Fatalf("usage not requested upstream: %s", r.Body)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	s := testenv.StartStack(t, testenv.StackOptions{})
+	for _, u := range []string{s.Envoy.URL() + "/health", "http://" + s.Sidecar.AdminAddr + "/healthz", "http://" + s.Sidecar.AdminAddr + "/readyz"} {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s = %d", u, resp.StatusCode)
+		}
+	}
+	// /readyz follows Redis.
+	s.Redis.Stop()
+	resp, err := http.Get("http://" + s.Sidecar.AdminAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Fatalf("/readyz with Redis down = %d, want 503", resp.StatusCode)
+	}
+}

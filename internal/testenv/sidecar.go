@@ -1,0 +1,132 @@
+package testenv
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// SidecarBinary builds cmd/aifirewall once per test process.
+func SidecarBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "aifirewall-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "aifirewall")
+		cmd := exec.Command("go", "build", "-o", builtBin, "./cmd/aifirewall")
+		cmd.Dir = RepoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// Sidecar is a running aifirewall process.
+type Sidecar struct {
+	t         testing.TB
+	GRPCAddr  string
+	AdminAddr string
+	env       []string
+	cmd       *exec.Cmd
+	exited    chan error
+	log       logBuffer
+}
+
+// StartSidecar runs the sidecar binary with env (KEY=value) added to a
+// minimal environment; listen addresses are chosen here.
+func StartSidecar(t testing.TB, env ...string) *Sidecar {
+	t.Helper()
+	s := &Sidecar{t: t,
+		GRPCAddr:  fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+		AdminAddr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+	}
+	s.env = append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"ENV_FILE=/nonexistent", // never pick up a developer's .env
+		"LISTEN_ADDR=" + s.GRPCAddr,
+		"ADMIN_ADDR=" + s.AdminAddr,
+		"LOG_LEVEL=debug",
+		"SHUTDOWN_TIMEOUT=10s",
+	}, env...)
+	s.Start()
+	t.Cleanup(func() {
+		s.Kill()
+		if t.Failed() {
+			t.Logf("sidecar output (tail):\n%s", tail(s.log.String(), 40))
+		}
+	})
+	return s
+}
+
+// Start (re)starts the process and waits for /healthz.
+func (s *Sidecar) Start() {
+	s.t.Helper()
+	s.cmd = exec.Command(SidecarBinary(s.t))
+	s.cmd.Env = s.env
+	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatalf("start sidecar: %v", err)
+	}
+	s.exited = make(chan error, 1)
+	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(s.cmd, s.exited)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + s.AdminAddr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		select {
+		case err := <-s.exited:
+			s.t.Fatalf("sidecar exited at start: %v\n%s", err, tail(s.log.String(), 20))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.t.Fatalf("sidecar not healthy after 20s:\n%s", tail(s.log.String(), 20))
+}
+
+// Terminate sends SIGTERM and waits for the exit; it returns the exit error.
+func (s *Sidecar) Terminate(within time.Duration) error {
+	s.t.Helper()
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.exited:
+		s.cmd = nil
+		return err
+	case <-time.After(within):
+		s.t.Fatalf("sidecar still running %s after SIGTERM", within)
+		return nil
+	}
+}
+
+// Kill ends the process at once (a crash).
+func (s *Sidecar) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+}
+
+// Log is what the sidecar printed.
+func (s *Sidecar) Log() string { return s.log.String() }

@@ -1,0 +1,96 @@
+package testenv
+
+import (
+	"context"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aifirewall/aifirewall/internal/fakellm"
+)
+
+// Stack is the whole path: client → envoy → fake upstream, with the sidecar
+// on ext_proc and a real Redis behind it.
+type Stack struct {
+	Redis    *Redis
+	RDB      *redis.Client
+	Upstream *fakellm.Server
+	Sidecar  *Sidecar
+	Envoy    *Envoy
+}
+
+// StackOptions tune a Stack.
+type StackOptions struct {
+	Limit        string   // DAILY_BUDGET_LIMIT, default 5.0
+	UpstreamPath string   // base path of UPSTREAM_BASE_URL, e.g. "/api"
+	Env          []string // more sidecar settings
+}
+
+// Keys used by every stack.
+const (
+	ClientKey   = "test-internal-key"
+	UpstreamKey = "upstream-secret-key"
+)
+
+// StartStack starts Redis, the fake upstream, the sidecar and envoy.
+func StartStack(t testing.TB, o StackOptions) *Stack {
+	t.Helper()
+	if o.Limit == "" {
+		o.Limit = "5.0"
+	}
+	s := &Stack{Redis: StartRedis(t), Upstream: &fakellm.Server{}}
+	s.RDB = redis.NewClient(&redis.Options{Addr: s.Redis.Addr()})
+	t.Cleanup(func() { s.RDB.Close() })
+	up := httptest.NewServer(s.Upstream)
+	t.Cleanup(up.Close)
+	upstreamURL := up.URL + o.UpstreamPath
+	env := append([]string{
+		"INTERNAL_API_KEY=" + ClientKey,
+		"UPSTREAM_BASE_URL=" + upstreamURL,
+		"UPSTREAM_API_KEY=" + UpstreamKey,
+		"UPSTREAM_PROVIDER=openai",
+		"REDIS_URL=" + s.Redis.URL(),
+		"DAILY_BUDGET_LIMIT=" + o.Limit,
+	}, o.Env...)
+	s.Sidecar = StartSidecar(t, env...)
+	s.Envoy = StartEnvoy(t, upstreamURL, s.Sidecar.GRPCAddr)
+	return s
+}
+
+// Spent reads a budget key as an integer (0 when absent).
+func (s *Stack) Spent(t testing.TB, key string) int64 {
+	t.Helper()
+	v, err := s.RDB.Get(context.Background(), key).Result()
+	if err == redis.Nil {
+		return 0
+	}
+	if err != nil {
+		t.Fatalf("read %s: %v", key, err)
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		t.Fatalf("%s holds %q, not an integer", key, v)
+	}
+	return n
+}
+
+// WaitSpent waits until key holds want (settlement is asynchronous) and
+// fails with the last value seen otherwise.
+func (s *Stack) WaitSpent(t testing.TB, key string, want int64) {
+	t.Helper()
+	var got int64
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if got = s.Spent(t, key); got == want {
+			// Stay a moment longer: a double bill would land now.
+			time.Sleep(200 * time.Millisecond)
+			if got = s.Spent(t, key); got == want {
+				return
+			}
+			break
+		}
+	}
+	t.Fatalf("%s = %d, want %d", key, got, want)
+}
