@@ -46,7 +46,8 @@ type request struct {
 	sse       bool
 	parser    sse.Parser
 	held      []byte // an incomplete SSE event, held while usage may be stripped
-	skipLF    bool   // a dropped event ended on CR whose LF is still to come
+	crPending bool   // the last event ended on CR at a chunk's end: its LF may come next
+	crDropped bool   // ... and that event was dropped
 	body      []byte // a JSON response body, collected for metering
 	overflow  bool
 	responded bool // response headers seen: the upstream answered
@@ -343,4 +344,3 @@ func cleanPath(p string) string {
 	}
 	return p
 }
-

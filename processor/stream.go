@@ -18,20 +18,27 @@ func (r *request) meterSSE(chunk []byte, eos, strip bool) []byte {
 	r.held = append(r.held, chunk...)
 	out := make([]byte, 0, len(r.held))
 	start := 0
+	if r.crPending && len(chunk) > 0 {
+		// The previous chunk ended an event on CR; this LF completes it and
+		// goes wherever that event went.
+		r.crPending = false
+		if r.held[0] == '\n' {
+			if !r.crDropped {
+				out = append(out, '\n')
+			}
+			start = 1
+		}
+	}
 	emit := func(end int, drop bool) {
-		if r.skipLF && start < len(r.held) && r.held[start] == '\n' {
-			start++ // the LF of a dropped event's CRLF arrived in this chunk
-		}
-		r.skipLF = false
-		if end < start {
-			end = start
-		}
-		// The event ended on CR; its LF, when already here, goes with it.
+		end = max(end, start)
+		// An event that ended on CR owns the LF after it, if there is one.
 		if end > 0 && r.held[end-1] == '\r' {
-			if end < len(r.held) && r.held[end] == '\n' {
-				end++
-			} else if drop {
-				r.skipLF = true
+			if end < len(r.held) {
+				if r.held[end] == '\n' {
+					end++
+				}
+			} else {
+				r.crPending, r.crDropped = true, drop
 			}
 		}
 		if !drop {

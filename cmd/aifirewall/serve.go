@@ -142,4 +142,3 @@ func adminMux(store billing.Store, timeout time.Duration) *http.ServeMux {
 	})
 	return mux
 }
-

@@ -1,0 +1,20 @@
+# syntax=docker/dockerfile:1
+# The sidecar, built static and run as a non-root user. The same image
+# generates the Envoy configuration (`aifirewall envoy-config`).
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/aifirewall ./cmd/aifirewall \
+ && mkdir -p /out/config
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/aifirewall /usr/local/bin/aifirewall
+# An empty /config owned by the runtime user: compose mounts a named volume
+# here, which Docker seeds with this ownership, for the generated envoy.yaml.
+COPY --from=build --chown=65532:65532 /out/config /config
+# No .env in the image: settings come from the environment.
+ENV ENV_FILE=/nonexistent
+EXPOSE 50051 9090
+ENTRYPOINT ["/usr/local/bin/aifirewall"]

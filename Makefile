@@ -1,0 +1,48 @@
+# AI Firewall. `make help` lists the targets.
+GO      ?= go
+PKGS    := ./...
+
+.PHONY: help build run demo test lint bench envoy prices fuzz clean
+
+help:
+	@echo "build  compile bin/aifirewall and bin/fakellm"
+	@echo "demo   fake upstream + sidecar + Envoy on :8000, no API key needed"
+	@echo "run    sidecar + Envoy on :8000 against the upstream in .env"
+	@echo "test   every test (real Redis and Envoy; CI=true fails instead of skipping)"
+	@echo "lint   gofmt and go vet"
+	@echo "bench  benchmarks (prompt counting, processor phases)"
+	@echo "fuzz   run each fuzz target for FUZZTIME (default 20s)"
+	@echo "prices regenerate billing/prices.json from ../shared/data/model_prices.json"
+
+build:
+	$(GO) build -o bin/aifirewall ./cmd/aifirewall
+	$(GO) build -o bin/fakellm ./cmd/fakellm
+
+demo: build
+	scripts/run-local.sh demo
+
+run: build
+	scripts/run-local.sh run
+
+envoy:
+	@scripts/envoy-path.sh
+
+test:
+	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -count=1 -timeout 20m $(PKGS)
+
+lint:
+	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParser -fuzztime $(FUZZTIME) ./processor/sse/
+
+prices:
+	$(GO) run ./cmd/genprices -in ../shared/data/model_prices.json -out billing/prices.json
+
+clean:
+	rm -rf bin .tmp

@@ -1,0 +1,244 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/processor/provider"
+)
+
+var (
+	tkOnce sync.Once
+	tk     *billing.Tokenizer
+)
+
+func tokenizer(t testing.TB) *billing.Tokenizer {
+	tkOnce.Do(func() {
+		var err error
+		if tk, err = billing.NewTokenizer(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return tk
+}
+
+type harness struct {
+	srv    *Server
+	store  billing.Store
+	client extprocv3.ExternalProcessorClient
+}
+
+// newHarness serves a processor on an in-memory listener and returns a
+// client of it, as Envoy would be.
+func newHarness(t testing.TB, store billing.Store) *harness {
+	t.Helper()
+	prices, err := billing.LoadPrices("", billing.Price{Input: 1000, Output: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if store == nil {
+		store = billing.NewMemStore()
+	}
+	srv := New(Config{APIKey: "k", Upstream: provider.OpenAI, UpstreamKey: "up", DailyLimit: billing.NanosPerUSD},
+		store, prices, tokenizer(t), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	lis := bufconn.Listen(1 << 20)
+	gs := grpc.NewServer()
+	extprocv3.RegisterExternalProcessorServer(gs, srv)
+	go gs.Serve(lis)
+	conn, err := grpc.NewClient("passthrough:///buf", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(); gs.Stop() })
+	return &harness{srv: srv, store: store, client: extprocv3.NewExternalProcessorClient(conn)}
+}
+
+// exchange is one request's ext_proc stream.
+type exchange struct {
+	t      testing.TB
+	stream extprocv3.ExternalProcessor_ProcessClient
+	cancel context.CancelFunc
+}
+
+func (h *harness) open(t testing.TB) *exchange {
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := h.client.Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cancel)
+	return &exchange{t: t, stream: s, cancel: cancel}
+}
+
+func (x *exchange) send(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	x.t.Helper()
+	if err := x.stream.Send(req); err != nil {
+		x.t.Fatal(err)
+	}
+	resp, err := x.stream.Recv()
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	return resp
+}
+
+func headersMsg(end bool, kv ...string) *extprocv3.HttpHeaders {
+	h := &corev3.HeaderMap{}
+	for i := 0; i < len(kv); i += 2 {
+		h.Headers = append(h.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
+	}
+	return &extprocv3.HttpHeaders{Headers: h, EndOfStream: end}
+}
+
+func (x *exchange) requestHeaders(kv ...string) *extprocv3.ProcessingResponse {
+	return x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: headersMsg(false, kv...)}})
+}
+
+func (x *exchange) requestBody(body string) *extprocv3.ProcessingResponse {
+	return x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
+		RequestBody: &extprocv3.HttpBody{Body: []byte(body), EndOfStream: true}}})
+}
+
+func (x *exchange) responseHeaders(kv ...string) *extprocv3.ProcessingResponse {
+	return x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: headersMsg(false, kv...)}})
+}
+
+// responseChunk sends a body chunk and returns what the client gets of it.
+func (x *exchange) responseChunk(chunk string, eos bool) string {
+	x.t.Helper()
+	resp := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
+		ResponseBody: &extprocv3.HttpBody{Body: []byte(chunk), EndOfStream: eos}}})
+	rb := resp.GetResponseBody()
+	if rb == nil {
+		x.t.Fatalf("reply to a response chunk: %v", resp)
+	}
+	if m := rb.GetResponse().GetBodyMutation(); m != nil {
+		return string(m.GetBody())
+	}
+	return chunk
+}
+
+func immediateStatus(resp *extprocv3.ProcessingResponse) (int, string) {
+	ir := resp.GetImmediateResponse()
+	if ir == nil {
+		return 0, ""
+	}
+	return int(ir.GetStatus().GetCode()), string(ir.GetBody())
+}
+
+const chatPath = "/v1/chat/completions"
+
+func authed(extra ...string) []string {
+	return append([]string{":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", "r1"}, extra...)
+}
+
+func TestRequestPhaseRejections(t *testing.T) {
+	h := newHarness(t, nil)
+	cases := []struct {
+		name    string
+		headers []string
+		body    string
+		status  int
+		want    string
+	}{
+		{"unknown path", []string{":method", "POST", ":path", "/v1/secret", "authorization", "Bearer k"}, "", 404, "unknown_url"},
+		{"no key", []string{":method", "POST", ":path", chatPath}, "", 401, "invalid_api_key"},
+		{"wrong key", []string{":method", "POST", ":path", chatPath, "authorization", "Bearer nope"}, "", 401, "invalid_api_key"},
+		{"two keys", append(authed(), "authorization", "Bearer k"), "", 401, "invalid_api_key"},
+		{"basic scheme", []string{":method", "POST", ":path", chatPath, "authorization", "Basic k"}, "", 401, "invalid_api_key"},
+		{"malformed json", authed(), `{"model":`, 400, "not valid JSON"},
+		{"missing model", authed(), `{"messages":[]}`, 400, "model parameter"},
+		{"model not string", authed(), `{"model":4,"messages":[]}`, 400, "'model' must be"},
+		{"messages not array", authed(), `{"model":"gpt-4o","messages":"hi"}`, 400, "'messages' must be an array"},
+		{"array body", authed(), `[1,2]`, 400, "JSON object"},
+		{"bad max_tokens", authed(), `{"model":"gpt-4o","messages":[],"max_tokens":"x"}`, 400, "max_tokens"},
+		{"brace in user", authed("x-user-id", "a}b"), `{"model":"gpt-4o","messages":[]}`, 400, "brace"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			x := h.open(t)
+			resp := x.requestHeaders(c.headers...)
+			if c.body != "" {
+				if ir := resp.GetImmediateResponse(); ir != nil {
+					t.Fatalf("headers refused: %s", ir.GetBody())
+				}
+				resp = x.requestBody(c.body)
+			}
+			st, body := immediateStatus(resp)
+			if st != c.status || !strings.Contains(body, c.want) || !strings.Contains(body, `"param":`) {
+				t.Fatalf("got %d %s; want %d containing %q", st, body, c.status, c.want)
+			}
+		})
+	}
+}
+
+func TestCredentialSwap(t *testing.T) {
+	h := newHarness(t, nil)
+	x := h.open(t)
+	mut := x.requestHeaders(authed("x-api-key", "k")...).GetRequestHeaders().GetResponse().GetHeaderMutation()
+	removed := strings.Join(mut.GetRemoveHeaders(), ",")
+	if !strings.Contains(removed, "authorization") || !strings.Contains(removed, "x-api-key") {
+		t.Fatalf("removed = %s", removed)
+	}
+	set := map[string]string{}
+	for _, o := range mut.GetSetHeaders() {
+		set[o.GetHeader().GetKey()] = string(o.GetHeader().GetRawValue())
+	}
+	if set["authorization"] != "Bearer up" || set["accept-encoding"] != "identity" {
+		t.Fatalf("set = %v", set)
+	}
+}
+
+type downStore struct{ billing.Store }
+
+func (downStore) Spent(context.Context, string, string) (billing.Nanos, error) {
+	return 0, errors.New("connection refused")
+}
+
+func TestStoreDownFailsClosed(t *testing.T) {
+	h := newHarness(t, downStore{})
+	x := h.open(t)
+	x.requestHeaders(authed()...)
+	st, body := immediateStatus(x.requestBody(`{"model":"gpt-4o","messages":[]}`))
+	if st != 503 || !strings.Contains(body, "service_unavailable") || strings.Contains(body, "refused") {
+		t.Fatalf("got %d %s", st, body)
+	}
+}
+
+func TestOverBudget(t *testing.T) {
+	store := billing.NewMemStore()
+	h := newHarness(t, store)
+	day := billing.Day(time.Now(), time.UTC)
+	store.Settle(context.Background(), billing.Settlement{User: "u", Day: day, RequestID: "old", Amount: billing.NanosPerUSD})
+	x := h.open(t)
+	x.requestHeaders(authed("x-user-id", "u")...)
+	resp := x.requestBody(`{"model":"gpt-4o","messages":[]}`)
+	st, body := immediateStatus(resp)
+	if st != 402 || !strings.Contains(body, `"type":"budget_exceeded"`) {
+		t.Fatalf("got %d %s", st, body)
+	}
+	var retry string
+	for _, o := range resp.GetImmediateResponse().GetHeaders().GetSetHeaders() {
+		if o.GetHeader().GetKey() == "retry-after" {
+			retry = string(o.GetHeader().GetRawValue())
+		}
+	}
+	if retry == "" || retry == "0" {
+		t.Fatalf("retry-after = %q", retry)
+	}
+}

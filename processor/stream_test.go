@@ -1,0 +1,98 @@
+package processor
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aifirewall/aifirewall/billing"
+)
+
+func chatStream(eol string, withUsage bool) string {
+	ev := func(data string) string { return "data: " + data + eol + eol }
+	var b strings.Builder
+	b.WriteString(": OPENROUTER PROCESSING" + eol + eol)
+	b.WriteString(ev(`{"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}`))
+	for _, w := range []string{"Hello", " there", ", friend"} {
+		b.WriteString(ev(`{"id":"c","choices":[{"index":0,"delta":{"content":"` + w + `"}}]}`))
+	}
+	b.WriteString(ev(`{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`))
+	if withUsage {
+		b.WriteString(ev(`{"id":"c","choices":[],"usage":{"prompt_tokens":50,"completion_tokens":4,"total_tokens":54,"prompt_tokens_details":{"cached_tokens":20}}}`))
+	}
+	b.WriteString(ev("[DONE]"))
+	return b.String()
+}
+
+// run sends one streamed chat request through the processor, the response
+// cut into chunks at cuts, and returns what the client received.
+func run(t *testing.T, h *harness, id, body, stream string, cuts []int) string {
+	t.Helper()
+	x := h.open(t)
+	x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", id, "x-user-id", "prop")
+	if ir := x.requestBody(body).GetImmediateResponse(); ir != nil {
+		t.Fatalf("refused: %s", ir.GetBody())
+	}
+	x.responseHeaders(":status", "200", "content-type", "text/event-stream")
+	var got strings.Builder
+	prev := 0
+	for i, c := range append(cuts, len(stream)) {
+		got.WriteString(x.responseChunk(stream[prev:c], i == len(cuts)))
+		prev = c
+	}
+	x.stream.CloseSend()
+	return got.String()
+}
+
+// For every way of cutting the stream in two, and for random cuts into
+// many pieces, the client sees exactly the stream without the usage chunk
+// the firewall asked for, and the request is billed from that usage.
+func TestInjectedUsageStrippedAtEverySplit(t *testing.T) {
+	const body = `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	// gpt-4o-mini: 30 uncached + 20 cached prompt tokens, 4 output tokens.
+	const want = 30*150 + 20*75 + 4*600
+	for _, eol := range []string{"\n", "\r\n"} {
+		stream, clean := chatStream(eol, true), chatStream(eol, false)
+		h := newHarness(t, nil)
+		var splits [][]int
+		for i := 0; i <= len(stream); i++ {
+			splits = append(splits, []int{i})
+		}
+		rng := rand.New(rand.NewPCG(1, 2))
+		for range 200 {
+			cuts := []int{}
+			for c := rng.IntN(8); c < len(stream); c += 1 + rng.IntN(40) {
+				cuts = append(cuts, c)
+			}
+			splits = append(splits, cuts)
+		}
+		for n, cuts := range splits {
+			id := fmt.Sprintf("%q-%d", eol, n)
+			if got := run(t, h, id, body, stream, cuts); got != clean {
+				t.Fatalf("eol %q cuts %v: client got\n%q\nwant\n%q", eol, cuts, got, clean)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := h.srv.Drain(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		spent, _ := h.store.Spent(context.Background(), "prop", billing.Day(time.Now(), time.UTC))
+		if spent != billing.Nanos(want*len(splits)) {
+			t.Fatalf("eol %q: billed %d over %d requests, want %d each", eol, spent, len(splits), want)
+		}
+	}
+}
+
+// A client that asked for usage gets the stream untouched.
+func TestClientRequestedUsagePassesThrough(t *testing.T) {
+	h := newHarness(t, nil)
+	stream := chatStream("\n", true)
+	body := `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}`
+	if got := run(t, h, "asked", body, stream, []int{10, 300}); got != stream {
+		t.Fatalf("client got\n%q", got)
+	}
+}
