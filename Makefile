@@ -11,7 +11,7 @@ help:
 	@echo "test   every test (real Redis and Envoy; CI=true fails instead of skipping)"
 	@echo "lint   gofmt and go vet"
 	@echo "bench  benchmarks (prompt counting, processor phases)"
-	@echo "fuzz   run each fuzz target for FUZZTIME (default 20s)"
+	@echo "fuzz   run every fuzz target for FUZZTIME each (default 20s)"
 	@echo "prices regenerate billing/prices.json from ../shared/data/model_prices.json"
 
 build:
@@ -39,7 +39,9 @@ bench:
 
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParser -fuzztime $(FUZZTIME) ./processor/sse/
+	$(GO) test -run '^$$' -fuzz '^FuzzParser$$' -fuzztime $(FUZZTIME) ./processor/sse/
+	for f in FuzzChatMeter FuzzResponsesMeter FuzzMessagesMeter FuzzEmbeddingsMeter FuzzParseRequest; do \
+	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./processor/provider/ || exit 1; done
 
 prices:
 	$(GO) run ./cmd/genprices -in ../shared/data/model_prices.json -out billing/prices.json

@@ -50,6 +50,7 @@ type request struct {
 	crDropped bool   // ... and that event was dropped
 	body      []byte // a JSON response body, collected for metering
 	overflow  bool
+	gz        *inflater // set when the upstream answered gzip despite identity
 	responded bool // response headers seen: the upstream answered
 	ended     bool // response end of stream seen
 	settled   bool
@@ -84,7 +85,7 @@ func (r *request) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processing
 	route, ok := r.s.cfg.Upstream.Route(method, path)
 	if !ok {
 		return immediate(&apiError{status: 404, Type: "invalid_request_error", Code: "unknown_url",
-			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: POST /v1/chat/completions, GET /v1/models", method, cleanPath(path))})
+			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: %s", method, cleanPath(path), provider.Paths)})
 	}
 	r.route = route
 	if e := r.authenticate(hm); e != nil {
@@ -98,6 +99,11 @@ func (r *request) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processing
 	for k, v := range r.s.cfg.Upstream.AuthHeaders(r.s.cfg.UpstreamKey) {
 		mut.SetHeaders = append(mut.SetHeaders, header(k, v))
 	}
+	for k, v := range r.s.cfg.Upstream.DefaultHeaders() {
+		if headerValue(hm, k) == "" {
+			mut.SetHeaders = append(mut.SetHeaders, header(k, v))
+		}
+	}
 	mut.SetHeaders = append(mut.SetHeaders, header("accept-encoding", "identity"))
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
 		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: mut}},
@@ -105,15 +111,24 @@ func (r *request) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processing
 }
 
 func (r *request) authenticate(hm *corev3.HeaderMap) *apiError {
-	auth := headerValues(hm, "authorization")
-	if len(auth) > 1 {
-		return unauthorized("more than one Authorization header was sent; send exactly one: 'Authorization: Bearer <key>'")
+	auth, xkey := headerValues(hm, "authorization"), headerValues(hm, "x-api-key")
+	if len(auth) > 1 || len(xkey) > 1 {
+		return unauthorized("more than one API key header was sent; send exactly one: 'Authorization: Bearer <key>'")
 	}
-	if len(auth) == 0 {
+	var key string
+	switch {
+	case len(auth) == 1:
+		scheme, k, ok := strings.Cut(auth[0], " ")
+		if !ok || !strings.EqualFold(scheme, "bearer") {
+			return unauthorized("the Authorization header must be 'Bearer <key>'")
+		}
+		key = strings.TrimSpace(k)
+	case len(xkey) == 1:
+		key = xkey[0] // Anthropic clients send their key this way
+	default:
 		return unauthorized("no API key provided; send 'Authorization: Bearer <key>' with the key your gateway operator gave you")
 	}
-	scheme, key, ok := strings.Cut(auth[0], " ")
-	if !ok || !strings.EqualFold(scheme, "bearer") || !r.s.authorized(strings.TrimSpace(key)) {
+	if !r.s.authorized(key) {
 		return unauthorized("invalid API key; send 'Authorization: Bearer <key>' with the key your gateway operator gave you")
 	}
 	return nil
@@ -184,6 +199,12 @@ func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processin
 			mut.RemoveHeaders = append(mut.RemoveHeaders, "content-length")
 		}
 	}
+	if r.meter != nil && strings.EqualFold(headerValue(hm, "content-encoding"), "gzip") {
+		// The client gets the body decoded, so it can be metered (and
+		// usage stripped) as it passes.
+		r.gz = newInflater()
+		mut.RemoveHeaders = append(mut.RemoveHeaders, "content-encoding", "content-length")
+	}
 	if h.GetEndOfStream() {
 		r.ended = true
 		r.settle()
@@ -204,12 +225,17 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 		r.ended = r.ended || eos
 		return responseBody(nil), nil
 	}
+	var replaced []byte // the chunk as the client gets it, when it differs
+	if r.gz != nil {
+		chunk = r.inflate(chunk, eos)
+		replaced = append([]byte{}, chunk...)
+	}
 	if r.sse && r.req.UsageInjected {
 		out := r.meterSSE(chunk, eos, true)
 		r.afterChunk(eos)
 		return responseBody(out), nil
 	}
-	return responseBody(nil), func() {
+	return responseBody(replaced), func() {
 		if r.sse {
 			r.meterSSE(chunk, eos, false)
 		} else {
@@ -217,6 +243,21 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 		}
 		r.afterChunk(eos)
 	}
+}
+
+// inflate decodes a gzip chunk; at the end of the stream it also returns
+// what the decompressor still held.
+func (r *request) inflate(chunk []byte, eos bool) []byte {
+	plain, err := r.gz.Write(chunk)
+	if err == nil && eos {
+		var rest []byte
+		rest, err = r.gz.Close()
+		plain = append(plain, rest...)
+	}
+	if err != nil {
+		r.log.Warn("gzip response body could not be decoded; metering what was decoded", "err", err)
+	}
+	return plain
 }
 
 func (r *request) afterChunk(eos bool) {
@@ -251,6 +292,9 @@ func (r *request) billable() bool { return r.status >= 200 && r.status < 300 }
 // not end (the client went away, the upstream broke off) is billed for
 // what was seen.
 func (r *request) finish() {
+	if r.gz != nil {
+		r.gz.Abandon()
+	}
 	if r.meter != nil && !r.ended {
 		r.parser.Flush(func(ev sse.Event) { r.meter.Event(ev) })
 		if r.body != nil && !r.overflow {

@@ -105,10 +105,22 @@ func ParseKind(explicit, baseURL string) (Kind, error) {
 // AuthHeaders are the headers that carry the upstream credential.
 func (k Kind) AuthHeaders(apiKey string) map[string]string {
 	if k == Anthropic {
-		return map[string]string{"x-api-key": apiKey, "anthropic-version": "2023-06-01"}
+		return map[string]string{"x-api-key": apiKey}
 	}
 	return map[string]string{"authorization": "Bearer " + apiKey}
 }
+
+// DefaultHeaders are set when the client did not send them.
+func (k Kind) DefaultHeaders() map[string]string {
+	if k == Anthropic {
+		return map[string]string{"anthropic-version": "2023-06-01"}
+	}
+	return nil
+}
+
+// Paths lists what Route serves, for error messages.
+const Paths = "POST /v1/chat/completions, POST /v1/responses, POST /v1/messages, POST /v1/embeddings, GET /v1/models"
+
 
 // Route is what the firewall does with a method and path.
 type Route struct {
@@ -125,6 +137,12 @@ func (k Kind) Route(method, path string) (Route, bool) {
 	switch {
 	case method == "POST" && path == "/v1/chat/completions":
 		return Route{Endpoint: Chat{OpenRouterCost: k == OpenRouter}, Path: path}, true
+	case method == "POST" && path == "/v1/responses":
+		return Route{Endpoint: Responses{}, Path: path}, true
+	case method == "POST" && path == "/v1/messages":
+		return Route{Endpoint: Messages{}, Path: path}, true
+	case method == "POST" && path == "/v1/embeddings":
+		return Route{Endpoint: Embeddings{}, Path: path}, true
 	case method == "GET" && path == "/v1/models":
 		return Route{Path: path}, true
 	}
