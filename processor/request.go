@@ -51,8 +51,8 @@ type request struct {
 	body      []byte // a JSON response body, collected for metering
 	overflow  bool
 	gz        *inflater // set when the upstream answered gzip despite identity
-	responded bool // response headers seen: the upstream answered
-	ended     bool // response end of stream seen
+	responded bool      // response headers seen: the upstream answered
+	ended     bool      // response end of stream seen
 	settled   bool
 }
 

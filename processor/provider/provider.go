@@ -121,7 +121,6 @@ func (k Kind) DefaultHeaders() map[string]string {
 // Paths lists what Route serves, for error messages.
 const Paths = "POST /v1/chat/completions, POST /v1/responses, POST /v1/messages, POST /v1/embeddings, GET /v1/models"
 
-
 // Route is what the firewall does with a method and path.
 type Route struct {
 	Endpoint Endpoint // nil for requests that are forwarded unmetered
