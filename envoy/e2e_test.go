@@ -217,7 +217,7 @@ func TestUpstreamNeverSeesClientKey(t *testing.T) {
 
 func TestHealth(t *testing.T) {
 	s := testenv.StartStack(t, testenv.StackOptions{})
-	for _, u := range []string{s.Envoy.URL() + "/health", "http://" + s.Sidecar.AdminAddr + "/healthz", "http://" + s.Sidecar.AdminAddr + "/readyz"} {
+	for _, u := range []string{s.Envoy.URL() + "/health", "http://" + s.Sidecar.AdminAddr + "/healthz", "http://" + s.Sidecar.AdminAddr + "/readyz", "http://" + s.Sidecar.AdminAddr + "/metrics"} {
 		resp, err := http.Get(u)
 		if err != nil {
 			t.Fatal(err)

@@ -84,11 +84,13 @@ func (r *request) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processing
 
 	route, ok := r.s.cfg.Upstream.Route(method, path)
 	if !ok {
+		r.s.metrics.decision(decisionNotFound)
 		return immediate(&apiError{status: 404, Type: "invalid_request_error", Code: "unknown_url",
 			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: %s", method, cleanPath(path), provider.Paths)})
 	}
 	r.route = route
 	if e := r.authenticate(hm); e != nil {
+		r.s.metrics.decision(decisionUnauthorized)
 		return immediate(e)
 	}
 	r.headerUser = headerValue(hm, "x-user-id")
@@ -140,6 +142,7 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	}
 	req, err := r.route.Endpoint.ParseRequest(b.GetBody(), r.s.tk)
 	if err != nil {
+		r.s.metrics.decision(decisionBadRequest)
 		var bad *provider.BadRequest
 		if errors.As(err, &bad) {
 			return immediate(invalidRequest(bad.Param, bad.Msg))
@@ -149,6 +152,7 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	r.req = req
 	r.user = firstNonEmpty(r.headerUser, req.User, "default")
 	if e := validUser(r.user); e != nil {
+		r.s.metrics.decision(decisionBadRequest)
 		return immediate(e)
 	}
 	r.log = r.log.With("user", r.user, "model", req.Model)
@@ -159,15 +163,19 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	spent, err := r.s.store.Spent(sctx, r.user, r.day)
 	cancel()
 	if err != nil {
+		r.s.metrics.decision(decisionStoreUnavailable)
+		r.s.metrics.storeError("spent")
 		r.log.Error("budget store unavailable", "err", err)
 		return immediate(unavailable("the budget store is unreachable, so the request was not forwarded; retry shortly, and tell your gateway operator if it persists"))
 	}
 	r.spent = spent
 	if spent >= r.s.cfg.DailyLimit {
 		reset := billing.NextReset(now, r.s.cfg.Location)
+		r.s.metrics.decision(decisionOverBudget)
 		r.log.Info("over budget", "spent_nanos", int64(spent))
 		return immediate(overBudget(r.s.cfg.DailyLimit, spent, reset, now))
 	}
+	r.s.metrics.decision(decisionAllowed)
 	r.log.Debug("admitted", "prompt_tokens", req.PromptTokens, "stream", req.Stream)
 
 	if req.Body == nil {
@@ -312,7 +320,9 @@ func (r *request) settle() {
 	}
 	r.settled = true
 	u := r.meter.Usage()
+	_, priced := r.s.prices.Lookup(r.req.Model)
 	cost := r.s.prices.For(r.req.Model).Cost(u)
+	r.s.metrics.settled(r.req.Model, priced, u, cost)
 	r.log.Info("settled",
 		"prompt_tokens", u.PromptTokens(), "completion_tokens", u.CompletionTokens(),
 		"cached_tokens", u.CacheRead, "reasoning_tokens", u.Reasoning,

@@ -42,6 +42,7 @@ type Server struct {
 	tk      *billing.Tokenizer
 	log     *slog.Logger
 	now     func() time.Time
+	metrics *Metrics // nil: no metrics
 
 	settling sync.WaitGroup
 }
@@ -64,6 +65,12 @@ func New(cfg Config, store billing.Store, prices *billing.Prices, tk *billing.To
 		prices: prices, tk: tk, log: log, now: now}
 }
 
+// WithMetrics makes the server record m.
+func (s *Server) WithMetrics(m *Metrics) *Server {
+	s.metrics = m
+	return s
+}
+
 // Process handles one HTTP request's stream of phases.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	r := &request{s: s, log: s.log}
@@ -78,7 +85,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			}
 			return err
 		}
+		start := time.Now()
 		resp, after := r.handle(stream.Context(), msg)
+		s.metrics.observePhase(phaseName(msg), start)
 		if resp != nil {
 			if err := stream.Send(resp); err != nil {
 				return err
@@ -109,6 +118,9 @@ func (s *Server) settle(set billing.Settlement, log *slog.Logger) {
 			var applied bool
 			applied, err = s.store.Settle(ctx, set)
 			cancel()
+			if err != nil {
+				s.metrics.storeError("settle")
+			}
 			if err == nil {
 				if !applied {
 					log.Info("settlement already applied", "cost_nanos", int64(set.Amount))
@@ -130,4 +142,18 @@ func (s *Server) Drain(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+func phaseName(msg *extprocv3.ProcessingRequest) string {
+	switch msg.Request.(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return "request_headers"
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return "request_body"
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return "response_headers"
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return "response_body"
+	}
+	return "other"
 }

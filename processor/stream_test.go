@@ -96,3 +96,38 @@ func TestClientRequestedUsagePassesThrough(t *testing.T) {
 		t.Fatalf("client got\n%q", got)
 	}
 }
+
+// A gzip-encoded answer is decoded as it passes: the client gets the plain
+// stream (without the injected usage) and the bill is the same, wherever
+// the compressed bytes were cut.
+func TestGzipStreamDecodedStrippedAndBilled(t *testing.T) {
+	const body = `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	const want = 30*150 + 20*75 + 4*600
+	stream, clean := chatStream("\n", true), chatStream("\n", false)
+	comp := gz(t, stream)
+	h := newHarness(t, nil)
+	for i := 0; i <= len(comp); i++ {
+		x := h.open(t)
+		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", fmt.Sprint("gz", i), "x-user-id", "gz")
+		x.requestBody(body)
+		mut := x.responseHeaders(":status", "200", "content-type", "text/event-stream", "content-encoding", "gzip").
+			GetResponseHeaders().GetResponse().GetHeaderMutation()
+		if !strings.Contains(strings.Join(mut.GetRemoveHeaders(), ","), "content-encoding") {
+			t.Fatalf("content-encoding kept: %v", mut.GetRemoveHeaders())
+		}
+		got := x.responseChunk(string(comp[:i]), false) + x.responseChunk(string(comp[i:]), true)
+		if got != clean {
+			t.Fatalf("split %d: client got %q", i, got)
+		}
+		x.stream.CloseSend()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.srv.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spent, _ := h.store.Spent(context.Background(), "gz", billing.Day(time.Now(), time.UTC))
+	if spent != billing.Nanos(want*(len(comp)+1)) {
+		t.Fatalf("billed %d, want %d", spent, want*(len(comp)+1))
+	}
+}

@@ -1,6 +1,7 @@
 // Package fakellm is a stand-in LLM provider for tests and `make demo`. It
-// answers OpenAI-style chat completions, streamed or not, and is steered by
-// request headers:
+// answers OpenAI chat completions and Responses, Anthropic Messages and
+// embeddings, streamed or not, in each API's documented format, and is
+// steered by request headers:
 //
 //	x-fake-words: 12             words in the answer (one SSE chunk each)
 //	x-fake-delay-ms: 0           pause between chunks
@@ -10,12 +11,13 @@
 //	x-fake-usage: on|off         report usage (when asked for, or always in JSON)
 //	x-fake-prompt-tokens: 11     prompt_tokens to report
 //	x-fake-cached-tokens: 0      prompt_tokens_details.cached_tokens
-//	x-fake-reasoning-tokens: 0   completion_tokens_details.reasoning_tokens
+//	x-fake-reasoning-tokens: 0   reasoning tokens (added to the output count)
+//	x-fake-cache-write-tokens: 0 Anthropic cache_creation_input_tokens
 //	x-fake-status: 200           answer with this status and an error body
 //	x-fake-gate: NAME            after x-fake-gate-after words (default 1), wait
 //	                             until the test calls Release(NAME)
 //
-// completion_tokens is reported as the number of words. Every request it
+// The output count is the number of words plus reasoning tokens. Every request it
 // receives is recorded; GET /_fake/requests returns them.
 package fakellm
 
@@ -102,92 +104,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/v1/chat/completions"):
 		s.chat(w, r, body)
+	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/v1/responses"):
+		s.responses(w, r, body)
+	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/v1/messages"):
+		s.messages(w, r, body)
+	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/v1/embeddings"):
+		w.Header().Set("content-type", "application/json")
+		fmt.Fprintf(w, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":%d,"total_tokens":%d}}`,
+			intHeader(r, "x-fake-prompt-tokens", 11), intHeader(r, "x-fake-prompt-tokens", 11))
 	case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/v1/models"):
 		w.Header().Set("content-type", "application/json")
 		io.WriteString(w, `{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"fake"}]}`)
 	default:
 		http.Error(w, `{"error":{"message":"not found"}}`, http.StatusNotFound)
 	}
-}
-
-type chatRequest struct {
-	Model         string `json:"model"`
-	Stream        bool   `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
-}
-
-func (s *Server) chat(w http.ResponseWriter, r *http.Request, body []byte) {
-	var req chatRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		http.Error(w, `{"error":{"message":"bad json"}}`, http.StatusBadRequest)
-		return
-	}
-	n := intHeader(r, "x-fake-words", 12)
-	usageOn := r.Header.Get("x-fake-usage") != "off"
-	usage := map[string]any{
-		"prompt_tokens":     intHeader(r, "x-fake-prompt-tokens", 11),
-		"completion_tokens": n,
-		"total_tokens":      intHeader(r, "x-fake-prompt-tokens", 11) + n,
-		"prompt_tokens_details": map[string]any{
-			"cached_tokens": intHeader(r, "x-fake-cached-tokens", 0)},
-		"completion_tokens_details": map[string]any{
-			"reasoning_tokens": intHeader(r, "x-fake-reasoning-tokens", 0)},
-	}
-	// A fixed creation time keeps answers byte-for-byte reproducible.
-	id, created := "chatcmpl-fake", 1700000000
-	if !req.Stream {
-		resp := map[string]any{
-			"id": id, "object": "chat.completion", "created": created, "model": req.Model,
-			"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
-				"message": map[string]any{"role": "assistant", "content": Answer(n)}}},
-		}
-		if usageOn {
-			resp["usage"] = usage
-		}
-		w.Header().Set("content-type", "application/json")
-		_ = json.NewEncoder(w).Encode(resp)
-		return
-	}
-	w.Header().Set("content-type", "text/event-stream")
-	w.Header().Set("cache-control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	out := &splitWriter{w: w, size: intHeader(r, "x-fake-split", 0)}
-	delay := time.Duration(intHeader(r, "x-fake-delay-ms", 0)) * time.Millisecond
-	chunk := func(delta map[string]any, finish any) {
-		b, _ := json.Marshal(map[string]any{"id": id, "object": "chat.completion.chunk", "created": created,
-			"model": req.Model, "choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}}})
-		out.event(b)
-	}
-	chunk(map[string]any{"role": "assistant", "content": ""}, nil)
-	for i := range n {
-		if delay > 0 {
-			time.Sleep(delay)
-		}
-		word := Words[i%len(Words)]
-		if i > 0 {
-			word = " " + word
-		}
-		chunk(map[string]any{"content": word}, nil)
-		if name := r.Header.Get("x-fake-gate"); name != "" && i+1 == intHeader(r, "x-fake-gate-after", 1) {
-			select {
-			case <-s.gate(name):
-			case <-r.Context().Done():
-			case <-time.After(time.Minute):
-			}
-		}
-		if r.Context().Err() != nil {
-			return // the client went away
-		}
-	}
-	chunk(map[string]any{}, "stop")
-	if usageOn && req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
-		b, _ := json.Marshal(map[string]any{"id": id, "object": "chat.completion.chunk", "created": created,
-			"model": req.Model, "choices": []any{}, "usage": usage})
-		out.event(b)
-	}
-	out.write([]byte("data: [DONE]\n\n"))
 }
 
 // splitWriter writes SSE bytes in pieces of a fixed size, flushing each, so
@@ -199,6 +129,65 @@ type splitWriter struct {
 
 func (s *splitWriter) event(data []byte) {
 	s.write(append(append([]byte("data: "), data...), '\n', '\n'))
+}
+
+// named writes an event with an event: line, as Anthropic and Responses do.
+func (s *splitWriter) named(name string, v any) {
+	data, _ := json.Marshal(v)
+	s.write([]byte("event: " + name + "\n"))
+	s.event(data)
+}
+
+// steer is what the request headers ask of an answer.
+type steer struct {
+	words, prompt, cached, reasoning, cacheWrite int
+	usage                                         bool
+	delay                                         time.Duration
+	gate                                          string
+	gateAfter                                     int
+}
+
+func steering(r *http.Request) steer {
+	return steer{
+		words: intHeader(r, "x-fake-words", 12), prompt: intHeader(r, "x-fake-prompt-tokens", 11),
+		cached: intHeader(r, "x-fake-cached-tokens", 0), reasoning: intHeader(r, "x-fake-reasoning-tokens", 0),
+		cacheWrite: intHeader(r, "x-fake-cache-write-tokens", 0), usage: r.Header.Get("x-fake-usage") != "off",
+		delay: time.Duration(intHeader(r, "x-fake-delay-ms", 0)) * time.Millisecond,
+		gate:  r.Header.Get("x-fake-gate"), gateAfter: intHeader(r, "x-fake-gate-after", 1),
+	}
+}
+
+// stream sends the answer's words through word (one event each), pausing
+// and waiting at the gate as steered; it reports false when the client left.
+func (s *Server) stream(r *http.Request, st steer, word func(w string)) bool {
+	for i := range st.words {
+		if st.delay > 0 {
+			time.Sleep(st.delay)
+		}
+		w := Words[i%len(Words)]
+		if i > 0 {
+			w = " " + w
+		}
+		word(w)
+		if st.gate != "" && i+1 == st.gateAfter {
+			select {
+			case <-s.gate(st.gate):
+			case <-r.Context().Done():
+			case <-time.After(time.Minute):
+			}
+		}
+		if r.Context().Err() != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func sseHeaders(w http.ResponseWriter, r *http.Request) *splitWriter {
+	w.Header().Set("content-type", "text/event-stream")
+	w.Header().Set("cache-control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	return &splitWriter{w: w, size: intHeader(r, "x-fake-split", 0)}
 }
 
 func (s *splitWriter) write(b []byte) {

@@ -1,0 +1,95 @@
+package processor
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/aifirewall/aifirewall/billing"
+)
+
+// Metrics are the processor's Prometheus series. Model labels are limited
+// to models of the price table ("unpriced" otherwise), so a client sending
+// random model names cannot blow up the series count.
+type Metrics struct {
+	requests    *prometheus.CounterVec
+	tokens      *prometheus.HistogramVec
+	cost        *prometheus.CounterVec
+	unpriced    prometheus.Counter
+	phase       *prometheus.HistogramVec
+	storeErrors *prometheus.CounterVec
+}
+
+// Decisions a request can end its request phase with.
+const (
+	decisionAllowed          = "allowed"
+	decisionUnauthorized     = "unauthorized"
+	decisionOverBudget       = "over_budget"
+	decisionBadRequest       = "bad_request"
+	decisionNotFound         = "not_found"
+	decisionStoreUnavailable = "store_unavailable"
+)
+
+// NewMetrics registers the series with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aifirewall_requests_total", Help: "Requests by admission decision.",
+		}, []string{"decision"}),
+		// OpenTelemetry GenAI semantic conventions: gen_ai.client.token.usage.
+		tokens: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "gen_ai_client_token_usage", Help: "Tokens used per request, by token type and model.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 12),
+		}, []string{"gen_ai_token_type", "gen_ai_request_model"}),
+		cost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aifirewall_cost_usd_total", Help: "Spend billed, in USD, by model.",
+		}, []string{"gen_ai_request_model"}),
+		unpriced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aifirewall_unpriced_model_requests_total", Help: "Requests billed at the fallback price because their model is in no price table.",
+		}),
+		phase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "aifirewall_extproc_phase_duration_seconds", Help: "Time the sidecar spent on one ext_proc message, by phase.",
+			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 0.25, 1},
+		}, []string{"phase"}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aifirewall_store_errors_total", Help: "Budget store calls that failed, by operation.",
+		}, []string{"op"}),
+	}
+	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors)
+	return m
+}
+
+func (m *Metrics) decision(d string) {
+	if m != nil {
+		m.requests.WithLabelValues(d).Inc()
+	}
+}
+
+func (m *Metrics) observePhase(phase string, start time.Time) {
+	if m != nil {
+		m.phase.WithLabelValues(phase).Observe(time.Since(start).Seconds())
+	}
+}
+
+func (m *Metrics) storeError(op string) {
+	if m != nil {
+		m.storeErrors.WithLabelValues(op).Inc()
+	}
+}
+
+func (m *Metrics) settled(model string, priced bool, u billing.Usage, cost billing.Nanos) {
+	if m == nil {
+		return
+	}
+	if !priced {
+		model = "unpriced"
+		m.unpriced.Inc()
+	}
+	for typ, n := range map[string]int64{"input": u.Input, "cached_input": u.CacheRead, "cache_write": u.CacheWrite,
+		"output": u.Output, "reasoning": u.Reasoning} {
+		if n > 0 {
+			m.tokens.WithLabelValues(typ, model).Observe(float64(n))
+		}
+	}
+	m.cost.WithLabelValues(model).Add(float64(cost) / float64(billing.NanosPerUSD))
+}

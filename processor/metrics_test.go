@@ -1,0 +1,59 @@
+package processor
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestMetricsDecisionsAndUnpricedModels(t *testing.T) {
+	h := newHarness(t, nil)
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	h.srv.WithMetrics(m)
+
+	x := h.open(t)
+	x.requestHeaders(":method", "POST", ":path", chatPath) // no key
+	for i, model := range []string{"acme/new-model", "acme/new-model", "gpt-4o-mini"} {
+		x := h.open(t)
+		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", string(rune('a'+i)), "x-user-id", string(rune('a'+i)))
+		x.requestBody(`{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]}`)
+		x.responseHeaders(":status", "200", "content-type", "application/json")
+		x.responseChunk(`{"usage":{"prompt_tokens":1000000,"completion_tokens":0}}`, true)
+		x.stream.CloseSend()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h.srv.Drain(ctx)
+
+	if got := testutil.ToFloat64(m.requests.WithLabelValues(decisionUnauthorized)); got != 1 {
+		t.Errorf("unauthorized = %v", got)
+	}
+	if got := testutil.ToFloat64(m.requests.WithLabelValues(decisionAllowed)); got != 3 {
+		t.Errorf("allowed = %v", got)
+	}
+	if got := testutil.ToFloat64(m.unpriced); got != 2 {
+		t.Errorf("unpriced = %v", got)
+	}
+	// The fallback price of the harness is 1000 nanos/token: 1M tokens = $1 each.
+	if got := testutil.ToFloat64(m.cost.WithLabelValues("unpriced")); got != 2 {
+		t.Errorf("unpriced cost = %v USD", got)
+	}
+	if got := testutil.ToFloat64(m.cost.WithLabelValues("gpt-4o-mini")); got != 0.15 {
+		t.Errorf("gpt-4o-mini cost = %v USD", got)
+	}
+	// Client-chosen model names never become label values.
+	if n, _ := testutil.GatherAndCount(reg, "aifirewall_cost_usd_total"); n != 2 {
+		t.Errorf("%d cost series", n)
+	}
+	out, _ := reg.Gather()
+	for _, mf := range out {
+		if strings.Contains(mf.String(), "acme") {
+			t.Fatalf("client model name in metric %s", mf.GetName())
+		}
+	}
+}
