@@ -141,10 +141,10 @@ func (s *splitWriter) named(name string, v any) {
 // steer is what the request headers ask of an answer.
 type steer struct {
 	words, prompt, cached, reasoning, cacheWrite int
-	usage                                         bool
-	delay                                         time.Duration
-	gate                                          string
-	gateAfter                                     int
+	usage                                        bool
+	delay                                        time.Duration
+	gate                                         string
+	gateAfter                                    int
 }
 
 func steering(r *http.Request) steer {

@@ -54,4 +54,3 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request, body []byte) 
 	}
 	send("response.completed", map[string]any{"response": final("completed")})
 }
-
