@@ -1,0 +1,74 @@
+package processor
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/internal/testenv"
+)
+
+// reportQuantiles adds p50 and p99 of samples to the benchmark output.
+func reportQuantiles(b *testing.B, samples []time.Duration) {
+	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
+	q := func(p float64) float64 { return float64(samples[int(p*float64(len(samples)-1))].Microseconds()) }
+	b.ReportMetric(q(0.5), "p50-µs")
+	b.ReportMetric(q(0.99), "p99-µs")
+}
+
+// BenchmarkRequestPhases is the sidecar's service time for the request
+// headers and body of a 1 KB chat prompt, Redis round trip included, over
+// the gRPC stream Envoy would use (in-memory transport).
+func BenchmarkRequestPhases(b *testing.B) {
+	r := testenv.StartRedis(b)
+	store, err := billing.NewRedisStore(r.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := newHarness(b, store)
+	prompt := strings.Repeat("Summarise the quarterly report for the board. ", 30)[:1024]
+	body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"` + prompt + `"}]}`
+	var samples []time.Duration
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		x := h.open(b)
+		start := time.Now()
+		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", fmt.Sprint(i))
+		if ir := x.requestBody(body).GetImmediateResponse(); ir != nil {
+			b.Fatalf("refused: %s", ir.GetBody())
+		}
+		samples = append(samples, time.Since(start))
+		x.cancel()
+	}
+	reportQuantiles(b, samples)
+}
+
+// BenchmarkResponseChunk is the service time of one streamed SSE chunk
+// (one chat delta event), with and without usage stripping.
+func BenchmarkResponseChunk(b *testing.B) {
+	for _, injected := range []bool{false, true} {
+		b.Run(fmt.Sprintf("strip=%v", injected), func(b *testing.B) {
+			h := newHarness(b, nil)
+			x := h.open(b)
+			x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", "bench")
+			body := `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}`
+			if injected {
+				body = `{"model":"gpt-4o-mini","stream":true,"messages":[]}`
+			}
+			x.requestBody(body)
+			x.responseHeaders(":status", "200", "content-type", "text/event-stream")
+			chunk := `data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":" word"},"finish_reason":null}]}` + "\n\n"
+			var samples []time.Duration
+			b.ResetTimer()
+			for b.Loop() {
+				start := time.Now()
+				x.responseChunk(chunk, false)
+				samples = append(samples, time.Since(start))
+			}
+			reportQuantiles(b, samples)
+		})
+	}
+}
