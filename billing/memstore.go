@@ -3,30 +3,79 @@ package billing
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // MemStore keeps budgets in this process: for local runs and tests. Budgets
 // are lost on restart and not shared between sidecars.
 type MemStore struct {
-	mu      sync.Mutex
-	spent   map[string]Nanos
-	settled map[string]bool
+	mu       sync.Mutex
+	now      func() time.Time
+	spent    map[string]Nanos
+	reserved map[string]map[string]reservation // by day key, then request id
+	settled  map[string]bool
+	limits   map[string]Nanos
+}
+
+type reservation struct {
+	amount  Nanos
+	expires time.Time
 }
 
 // NewMemStore returns an empty in-memory store.
 func NewMemStore() *MemStore {
-	return &MemStore{spent: map[string]Nanos{}, settled: map[string]bool{}}
+	return &MemStore{now: time.Now, spent: map[string]Nanos{}, reserved: map[string]map[string]reservation{},
+		settled: map[string]bool{}, limits: map[string]Nanos{}}
 }
 
-func (m *MemStore) Spent(_ context.Context, user, day string) (Nanos, error) {
+// open returns the live reservations of a day, dropping expired ones.
+func (m *MemStore) open(user, day string) (map[string]reservation, Nanos) {
+	key := reservedKey(user, day)
+	rs := m.reserved[key]
+	if rs == nil {
+		rs = map[string]reservation{}
+		m.reserved[key] = rs
+	}
+	var sum Nanos
+	now := m.now()
+	for id, r := range rs {
+		if !now.Before(r.expires) {
+			delete(rs, id)
+			continue
+		}
+		sum += r.amount
+	}
+	return rs, sum
+}
+
+func (m *MemStore) budget(user, day string, limit Nanos) (Budget, map[string]reservation) {
+	if l, ok := m.limits[user]; ok {
+		limit = l
+	}
+	rs, reserved := m.open(user, day)
+	return Budget{Limit: limit, Spent: m.spent[BudgetKey(user, day)], Reserved: reserved}, rs
+}
+
+func (m *MemStore) Admit(_ context.Context, a Admission) (Budget, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.spent[BudgetKey(user, day)], nil
+	b, rs := m.budget(a.User, a.Day, a.Limit)
+	if _, dup := rs[a.RequestID]; dup {
+		b.Admitted = true
+		return b, nil
+	}
+	if b.Spent+b.Reserved >= b.Limit {
+		return b, nil
+	}
+	rs[a.RequestID] = reservation{amount: a.Amount, expires: m.now().Add(a.TTL)}
+	b.Admitted, b.Reserved = true, b.Reserved+a.Amount
+	return b, nil
 }
 
 func (m *MemStore) Settle(_ context.Context, s Settlement) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	delete(m.reserved[reservedKey(s.User, s.Day)], s.RequestID)
 	id := settledKey(s.User, s.RequestID)
 	if m.settled[id] {
 		return false, nil
@@ -34,6 +83,24 @@ func (m *MemStore) Settle(_ context.Context, s Settlement) (bool, error) {
 	m.settled[id] = true
 	m.spent[BudgetKey(s.User, s.Day)] += s.Amount
 	return true, nil
+}
+
+func (m *MemStore) Budget(_ context.Context, user, day string, limit Nanos) (Budget, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, _ := m.budget(user, day, limit)
+	return b, nil
+}
+
+func (m *MemStore) SetLimit(_ context.Context, user string, limit Nanos) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if limit <= 0 {
+		delete(m.limits, user)
+	} else {
+		m.limits[user] = limit
+	}
+	return nil
 }
 
 func (m *MemStore) Ping(context.Context) error { return nil }

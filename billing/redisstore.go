@@ -2,60 +2,160 @@ package billing
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strconv"
+	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// RedisStore keeps budgets in Redis, shared by every sidecar.
+// RedisStore keeps budgets in Redis, shared by every sidecar. Every key of
+// one user carries the user's hash tag, so the scripts below touch a single
+// Redis Cluster slot.
 type RedisStore struct {
 	rdb redis.UniversalClient
 }
 
-// NewRedisStore connects to the Redis at url (redis:// or rediss://). It
-// does not wait for Redis to answer: use Ping for that.
+// NewRedisStore connects to Redis. url is one of
+//
+//	redis://[user:pass@]host:port/db          one server (rediss:// for TLS)
+//	redis+sentinel://host:port?master_name=m  Sentinel (add &addr=host:port for more sentinels)
+//	redis+cluster://host:port?addr=host:port  Cluster seed nodes
+//
+// with rediss+sentinel:// and rediss+cluster:// for TLS. It does not wait
+// for Redis to answer: use Ping for that.
 func NewRedisStore(url string) (*RedisStore, error) {
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("parse REDIS_URL: %w", err)
+	scheme, rest, ok := strings.Cut(url, "://")
+	if !ok {
+		return nil, fmt.Errorf("%q is not a redis:// URL", redactURL(url))
 	}
-	return &RedisStore{rdb: redis.NewClient(opt)}, nil
+	base, mode, _ := strings.Cut(scheme, "+")
+	if base != "redis" && base != "rediss" {
+		return nil, fmt.Errorf("scheme %q is not redis or rediss", scheme)
+	}
+	plain := base + "://" + rest
+	var rdb redis.UniversalClient
+	switch mode {
+	case "":
+		opt, err := redis.ParseURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("parse redis URL: %w", err)
+		}
+		rdb = redis.NewClient(opt)
+	case "sentinel":
+		opt, err := redis.ParseFailoverURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("parse sentinel URL: %w", err)
+		}
+		rdb = redis.NewFailoverClient(opt)
+	case "cluster":
+		opt, err := redis.ParseClusterURL(plain)
+		if err != nil {
+			return nil, fmt.Errorf("parse cluster URL: %w", err)
+		}
+		rdb = redis.NewClusterClient(opt)
+	default:
+		return nil, fmt.Errorf("scheme %q: want redis, redis+sentinel or redis+cluster", scheme)
+	}
+	return &RedisStore{rdb: rdb}, nil
 }
 
-// settle marks the request settled and adds its amount in one atomic step,
-// so a retry after a lost reply cannot bill twice.
-var settle = redis.NewScript(`
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('INCRBY', KEYS[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
+// redactURL hides a password in a URL for error messages.
+func redactURL(u string) string {
+	if at := strings.LastIndexByte(u, '@'); at >= 0 {
+		if s := strings.Index(u, "://"); s >= 0 && s < at {
+			return u[:s+3] + "***" + u[at:]
+		}
+	}
+	return u
+}
+
+// budgetScript purges expired reservations, reads the day, and with
+// ARGV[5] == "admit" reserves ARGV[2] for request ARGV[1] when
+// spent + reserved < limit. The clock is Redis's, shared by all sidecars.
+// Amounts stay below 2^53 nano-dollars, exact in Lua's numbers.
+var budgetScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+end
+local limit = tonumber(redis.call('GET', KEYS[4]) or ARGV[3])
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local reserved = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do reserved = reserved + tonumber(v) end
+if ARGV[5] ~= 'admit' then return {0, limit, spent, reserved} end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {1, limit, spent, reserved} end
+if spent + reserved >= limit then return {0, limit, spent, reserved} end
+local amount = tonumber(ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], amount)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return {1, limit, spent, reserved + amount}`)
+
+// settleScript replaces a reservation by the actual cost, once.
+var settleScript = redis.NewScript(`
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then
+  redis.call('INCRBY', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
   return 1
 end
 return 0`)
 
-func (r *RedisStore) Spent(ctx context.Context, user, day string) (Nanos, error) {
-	v, err := r.rdb.Get(ctx, BudgetKey(user, day)).Result()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
+func (r *RedisStore) run(ctx context.Context, user, day, id string, amount, limit Nanos, ttl time.Duration, mode string) (Budget, error) {
+	keys := []string{BudgetKey(user, day), reservedKey(user, day), expiryKey(user, day), limitKey(user)}
+	res, err := budgetScript.Run(ctx, r.rdb, keys, id, int64(amount), int64(limit), ttl.Milliseconds(), mode,
+		int64(keyTTL.Seconds())).Int64Slice()
 	if err != nil {
-		return 0, fmt.Errorf("read spend: %w", err)
+		return Budget{}, err
 	}
-	n, err := strconv.ParseInt(v, 10, 64)
+	if len(res) != 4 {
+		return Budget{}, fmt.Errorf("budget script returned %d values", len(res))
+	}
+	return Budget{Admitted: res[0] == 1, Limit: Nanos(res[1]), Spent: Nanos(res[2]), Reserved: Nanos(res[3])}, nil
+}
+
+func (r *RedisStore) Admit(ctx context.Context, a Admission) (Budget, error) {
+	b, err := r.run(ctx, a.User, a.Day, a.RequestID, a.Amount, a.Limit, a.TTL, "admit")
 	if err != nil {
-		return 0, fmt.Errorf("spend of %s is not an integer: %w", user, err)
+		return b, fmt.Errorf("admit %s: %w", a.RequestID, err)
 	}
-	return Nanos(n), nil
+	return b, nil
+}
+
+func (r *RedisStore) Budget(ctx context.Context, user, day string, limit Nanos) (Budget, error) {
+	b, err := r.run(ctx, user, day, "", 0, limit, 0, "read")
+	if err != nil {
+		return b, fmt.Errorf("read budget: %w", err)
+	}
+	return b, nil
 }
 
 func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
-	keys := []string{BudgetKey(s.User, s.Day), settledKey(s.User, s.RequestID)}
-	n, err := settle.Run(ctx, r.rdb, keys, int64(s.Amount), int64(keyTTL.Seconds())).Int()
+	keys := []string{BudgetKey(s.User, s.Day), reservedKey(s.User, s.Day), expiryKey(s.User, s.Day), settledKey(s.User, s.RequestID)}
+	n, err := settleScript.Run(ctx, r.rdb, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds())).Int()
 	if err != nil {
 		return false, fmt.Errorf("settle %s: %w", s.RequestID, err)
 	}
 	return n == 1, nil
+}
+
+func (r *RedisStore) SetLimit(ctx context.Context, user string, limit Nanos) error {
+	var err error
+	if limit <= 0 {
+		err = r.rdb.Del(ctx, limitKey(user)).Err()
+	} else {
+		err = r.rdb.Set(ctx, limitKey(user), int64(limit), 0).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("set limit of %s: %w", user, err)
+	}
+	return nil
 }
 
 func (r *RedisStore) Ping(ctx context.Context) error { return r.rdb.Ping(ctx).Err() }

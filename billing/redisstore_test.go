@@ -2,8 +2,11 @@ package billing
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/aifirewall/aifirewall/internal/testenv"
 )
@@ -17,6 +20,15 @@ func stores(t *testing.T) map[string]Store {
 	}
 	t.Cleanup(func() { rs.Close() })
 	return map[string]Store{"redis": rs, "memory": NewMemStore()}
+}
+
+func spent(t *testing.T, s Store, user, day string) Nanos {
+	t.Helper()
+	b, err := s.Budget(context.Background(), user, day, NanosPerUSD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.Spent
 }
 
 func TestStoreSettleIsIdempotent(t *testing.T) {
@@ -33,41 +45,103 @@ func TestStoreSettleIsIdempotent(t *testing.T) {
 			if _, err := s.Settle(ctx, Settlement{User: "alice", Day: "2026-11-27", RequestID: "req-2", Amount: 66}); err != nil {
 				t.Fatal(err)
 			}
-			got, err := s.Spent(ctx, "alice", "2026-11-27")
-			if err != nil || got != 1300 {
-				t.Fatalf("spent = %d, %v; want 1300", got, err)
+			if got := spent(t, s, "alice", "2026-11-27"); got != 1300 {
+				t.Fatalf("spent = %d; want 1300", got)
 			}
-			if other, _ := s.Spent(ctx, "bob", "2026-11-27"); other != 0 {
+			if other := spent(t, s, "bob", "2026-11-27"); other != 0 {
 				t.Fatalf("bob spent %d", other)
 			}
 		})
 	}
 }
 
-func TestStoreConcurrentSettlementsAllCount(t *testing.T) {
+func TestStoreReservationLifecycle(t *testing.T) {
 	ctx := context.Background()
 	for name, s := range stores(t) {
 		t.Run(name, func(t *testing.T) {
-			var wg sync.WaitGroup
-			for i := range 50 {
-				wg.Go(func() {
-					// Each request settled twice, concurrently: billed once.
-					for range 2 {
-						if _, err := s.Settle(ctx, Settlement{User: "carol", Day: "d", RequestID: string(rune('A' + i)), Amount: 10}); err != nil {
-							t.Error(err)
-						}
-					}
-				})
+			adm := Admission{User: "u", Day: "d", RequestID: "r1", Amount: 600, Limit: 1000, TTL: time.Minute}
+			b, err := s.Admit(ctx, adm)
+			if err != nil || !b.Admitted || b.Reserved != 600 || b.Spent != 0 || b.Limit != 1000 {
+				t.Fatalf("admit r1 = %+v, %v", b, err)
 			}
-			wg.Wait()
-			if got, _ := s.Spent(ctx, "carol", "d"); got != 500 {
-				t.Fatalf("spent = %d, want 500", got)
+			// 600 reserved < 1000: admitted, though it will not fit whole.
+			adm.RequestID = "r2"
+			if b, _ = s.Admit(ctx, adm); !b.Admitted || b.Reserved != 1200 || b.Remaining() != 0 {
+				t.Fatalf("admit r2 = %+v", b)
+			}
+			adm.RequestID = "r3"
+			if b, _ = s.Admit(ctx, adm); b.Admitted {
+				t.Fatalf("admit r3 with 1200 reserved of 1000 = %+v", b)
+			}
+			// Settlement replaces the reservation by the actual cost.
+			s.Settle(ctx, Settlement{User: "u", Day: "d", RequestID: "r1", Amount: 100})
+			s.Settle(ctx, Settlement{User: "u", Day: "d", RequestID: "r2", Amount: 150})
+			if b, _ = s.Budget(ctx, "u", "d", 1000); b.Spent != 250 || b.Reserved != 0 {
+				t.Fatalf("after settling = %+v", b)
+			}
+			// An operator limit replaces the one the caller passes.
+			s.SetLimit(ctx, "u", 200)
+			if b, _ = s.Admit(ctx, adm); b.Admitted || b.Limit != 200 {
+				t.Fatalf("admit under a 200 override = %+v", b)
+			}
+			s.SetLimit(ctx, "u", 0)
+			if b, _ = s.Admit(ctx, adm); !b.Admitted || b.Limit != 1000 {
+				t.Fatalf("admit after clearing the override = %+v", b)
 			}
 		})
 	}
 }
 
-func TestRedisKeyHoldsIntegerNanos(t *testing.T) {
+func TestStoreReservationsExpire(t *testing.T) {
+	ctx := context.Background()
+	for name, s := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			adm := Admission{User: "crash", Day: "d", RequestID: "lost", Amount: 1000, Limit: 1000, TTL: 300 * time.Millisecond}
+			if b, _ := s.Admit(ctx, adm); !b.Admitted {
+				t.Fatal("first admission refused")
+			}
+			adm.RequestID = "next"
+			if b, _ := s.Admit(ctx, adm); b.Admitted {
+				t.Fatal("admitted while the first reservation holds the whole budget")
+			}
+			time.Sleep(400 * time.Millisecond)
+			b, err := s.Admit(ctx, adm)
+			if err != nil || !b.Admitted || b.Reserved != 1000 {
+				t.Fatalf("after expiry = %+v, %v", b, err)
+			}
+		})
+	}
+}
+
+// Concurrent admissions for one user never reserve past the limit by more
+// than one request's amount.
+func TestStoreConcurrentAdmissions(t *testing.T) {
+	ctx := context.Background()
+	for name, s := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			var admitted atomic.Int64
+			var wg sync.WaitGroup
+			for i := range 100 {
+				wg.Go(func() {
+					b, err := s.Admit(ctx, Admission{User: "carol", Day: "d", RequestID: fmt.Sprint(i), Amount: 70, Limit: 1000, TTL: time.Minute})
+					if err != nil {
+						t.Error(err)
+					}
+					if b.Admitted {
+						admitted.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			// ceil(1000/70) = 15 admissions fit under the rule spent+reserved < limit.
+			if n := admitted.Load(); n != 15 {
+				t.Fatalf("%d admitted, want 15", n)
+			}
+		})
+	}
+}
+
+func TestRedisKeysAreIntegersInOneSlot(t *testing.T) {
 	r := testenv.StartRedis(t)
 	s, err := NewRedisStore(r.URL())
 	if err != nil {
@@ -84,5 +158,43 @@ func TestRedisKeyHoldsIntegerNanos(t *testing.T) {
 	}
 	if ttl := s.rdb.TTL(ctx, "budget:{dave}:2026-11-27").Val(); ttl <= 0 || ttl > keyTTL {
 		t.Fatalf("ttl = %v", ttl)
+	}
+	for _, k := range []string{reservedKey("dave", "d"), expiryKey("dave", "d"), limitKey("dave"), settledKey("dave", "x")} {
+		if slot(k) != slot(BudgetKey("dave", "d")) {
+			t.Fatalf("%s is not in dave's slot", k)
+		}
+	}
+}
+
+// slot is the part of a key Redis Cluster hashes.
+func slot(k string) string {
+	i := 0
+	for i < len(k) && k[i] != '{' {
+		i++
+	}
+	j := i
+	for j < len(k) && k[j] != '}' {
+		j++
+	}
+	return k[i:j]
+}
+
+func TestRedisURLForms(t *testing.T) {
+	for _, u := range []string{"redis://localhost:6379/0", "rediss://u:p@h:6380/1",
+		"redis+sentinel://h:26379?master_name=mymaster&addr=h2:26379", "redis+cluster://h:7000?addr=h:7001"} {
+		s, err := NewRedisStore(u)
+		if err != nil {
+			t.Errorf("%s: %v", u, err)
+			continue
+		}
+		s.Close()
+	}
+	for _, u := range []string{"http://h", "redis+mystery://h", "nonsense"} {
+		if _, err := NewRedisStore(u); err == nil {
+			t.Errorf("%s accepted", u)
+		}
+	}
+	if got := redactURL("redis://user:secret@h:1/0"); got != "redis://***@h:1/0" {
+		t.Errorf("redact = %s", got)
 	}
 }

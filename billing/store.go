@@ -6,19 +6,50 @@ import (
 	"time"
 )
 
-// Store keeps each user's spend per budget day. Implementations must make
-// Settle idempotent per request id: settling the same request twice bills
-// it once, so a retried settlement is always safe.
+// Store keeps each user's spend and open reservations per budget day.
+//
+// Admission reserves a request's estimated cost atomically with the budget
+// check, so concurrent requests cannot all pass a gate that only one of
+// them fits through. Settlement replaces the reservation by the actual
+// cost, exactly once per request id. A reservation whose sidecar died
+// expires after its TTL, so a crash never blocks a user.
 type Store interface {
-	// Spent returns what user has spent on day.
-	Spent(ctx context.Context, user, day string) (Nanos, error)
-	// Settle adds s.Amount to the user's spend on s.Day unless a settlement
-	// with the same RequestID was applied before; it reports whether it did.
+	// Admit checks spent + reserved < limit for the user's day and, if it
+	// holds, reserves a.Amount under a.RequestID until a.TTL passes.
+	// An operator limit set with SetLimit replaces a.Limit.
+	Admit(ctx context.Context, a Admission) (Budget, error)
+	// Settle removes the request's reservation and adds s.Amount to the
+	// spend, unless the request was settled before; it reports whether it
+	// added anything.
 	Settle(ctx context.Context, s Settlement) (applied bool, err error)
+	// Budget reads a user's day without changing it.
+	Budget(ctx context.Context, user, day string, limit Nanos) (Budget, error)
+	// SetLimit sets (limit > 0) or clears (limit == 0) an operator override
+	// of the user's daily limit.
+	SetLimit(ctx context.Context, user string, limit Nanos) error
 	// Ping tells whether the store can be reached.
 	Ping(ctx context.Context) error
 	Close() error
 }
+
+// Admission is a request asking to spend up to Amount.
+type Admission struct {
+	User, Day, RequestID string
+	Amount               Nanos // estimated cost, reserved while the request runs
+	Limit                Nanos // the user's limit unless an operator override exists
+	TTL                  time.Duration
+}
+
+// Budget is a user's day as the store sees it.
+type Budget struct {
+	Admitted bool  // Admit only: the reservation was made
+	Limit    Nanos // the limit in force
+	Spent    Nanos // settled spend
+	Reserved Nanos // open reservations, this request's included when admitted
+}
+
+// Remaining is what is left of the limit after spend and reservations.
+func (b Budget) Remaining() Nanos { return max(b.Limit-b.Spent-b.Reserved, 0) }
 
 // Settlement is the final charge of one request.
 type Settlement struct {
@@ -35,6 +66,10 @@ const keyTTL = 3 * 24 * time.Hour
 // BudgetKey is the Redis key of user's spend on day. The braces are a
 // Redis Cluster hash tag: every key of one user lives in one slot.
 func BudgetKey(user, day string) string { return fmt.Sprintf("budget:{%s}:%s", user, day) }
+
+func reservedKey(user, day string) string { return fmt.Sprintf("reserved:{%s}:%s", user, day) }
+func expiryKey(user, day string) string   { return fmt.Sprintf("reservexp:{%s}:%s", user, day) }
+func limitKey(user string) string         { return fmt.Sprintf("limit:{%s}", user) }
 
 func settledKey(user, requestID string) string {
 	return fmt.Sprintf("settled:{%s}:%s", user, requestID)

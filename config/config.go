@@ -42,9 +42,20 @@ type Config struct {
 	RedisTimeout     time.Duration `env:"REDIS_TIMEOUT" envDefault:"1s"`
 	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
 	MaxBodyBytes     uint32        `env:"MAX_REQUEST_BODY_BYTES" envDefault:"8388608"`
-	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
+	ReservationTTL   time.Duration `env:"RESERVATION_TTL" envDefault:"15m"`
+	DefaultOutput    int64         `env:"DEFAULT_OUTPUT_TOKENS" envDefault:"1024"`
+	// Identity: "shared" (INTERNAL_API_KEY, user from x-user-id / body),
+	// "keys" (per-user keys in KEYS_FILE) or "mesh" (SPIFFE ID of the
+	// client certificate). Empty: "keys" when KEYS_FILE is set, else "shared".
+	IdentityMode string `env:"IDENTITY_MODE"`
+	KeysFile     string `env:"KEYS_FILE"`
+	TrustXFCC    bool   `env:"TRUST_XFCC" envDefault:"false"`
+	LogLevel     string `env:"LOG_LEVEL" envDefault:"info"`
 
 	// Settings of the generated Envoy configuration.
+	EnvoyTLSCert    string `env:"ENVOY_TLS_CERT_FILE"`
+	EnvoyTLSKey     string `env:"ENVOY_TLS_KEY_FILE"`
+	EnvoyClientCA   string `env:"ENVOY_CLIENT_CA_FILE"`
 	EnvoyListenAddr string `env:"ENVOY_LISTEN_ADDR" envDefault:"0.0.0.0:8000"`
 	EnvoyAdminAddr  string `env:"ENVOY_ADMIN_ADDR" envDefault:"127.0.0.1:9901"`
 	ExtProcAddr     string `env:"EXTPROC_ADDR" envDefault:"127.0.0.1:50051"`
@@ -123,6 +134,31 @@ func (c *Config) derive() error {
 	}
 	if c.RedisTimeout <= 0 {
 		return errors.New("REDIS_TIMEOUT: must be positive, e.g. 500ms")
+	}
+	if c.IdentityMode == "" {
+		c.IdentityMode = "shared"
+		if c.KeysFile != "" {
+			c.IdentityMode = "keys"
+		}
+	}
+	switch c.IdentityMode {
+	case "shared":
+	case "keys":
+		if c.KeysFile == "" {
+			return errors.New("KEYS_FILE: required with IDENTITY_MODE=keys")
+		}
+	case "mesh":
+	default:
+		return fmt.Errorf("IDENTITY_MODE: %q is not one of shared, keys, mesh", c.IdentityMode)
+	}
+	if (c.EnvoyTLSCert == "") != (c.EnvoyTLSKey == "") {
+		return errors.New("ENVOY_TLS_CERT_FILE and ENVOY_TLS_KEY_FILE: set both or neither")
+	}
+	if c.ReservationTTL <= 0 {
+		return errors.New("RESERVATION_TTL: must be positive, e.g. 15m")
+	}
+	if c.DefaultOutput <= 0 {
+		return errors.New("DEFAULT_OUTPUT_TOKENS: must be a positive number of tokens")
 	}
 	if c.MaxBodyBytes < 1024 {
 		return errors.New("MAX_REQUEST_BODY_BYTES: must be at least 1024")

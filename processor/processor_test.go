@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/processor/provider"
 )
 
@@ -53,7 +54,7 @@ func newHarness(t testing.TB, store billing.Store) *harness {
 	if store == nil {
 		store = billing.NewMemStore()
 	}
-	srv := New(Config{APIKey: "k", Upstream: provider.OpenAI, UpstreamKey: "up", DailyLimit: billing.NanosPerUSD},
+	srv := New(Config{Auth: identity.NewSharedKey("k"), Upstream: provider.OpenAI, UpstreamKey: "up", DailyLimit: billing.NanosPerUSD},
 		store, prices, tokenizer(t), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
@@ -190,7 +191,7 @@ func TestRequestPhaseRejections(t *testing.T) {
 func TestCredentialSwap(t *testing.T) {
 	h := newHarness(t, nil)
 	x := h.open(t)
-	mut := x.requestHeaders(authed("x-api-key", "k")...).GetRequestHeaders().GetResponse().GetHeaderMutation()
+	mut := x.requestHeaders(authed()...).GetRequestHeaders().GetResponse().GetHeaderMutation()
 	removed := strings.Join(mut.GetRemoveHeaders(), ",")
 	if !strings.Contains(removed, "authorization") || !strings.Contains(removed, "x-api-key") {
 		t.Fatalf("removed = %s", removed)
@@ -206,8 +207,8 @@ func TestCredentialSwap(t *testing.T) {
 
 type downStore struct{ billing.Store }
 
-func (downStore) Spent(context.Context, string, string) (billing.Nanos, error) {
-	return 0, errors.New("connection refused")
+func (downStore) Admit(context.Context, billing.Admission) (billing.Budget, error) {
+	return billing.Budget{}, errors.New("connection refused")
 }
 
 func TestStoreDownFailsClosed(t *testing.T) {
@@ -241,4 +242,9 @@ func TestOverBudget(t *testing.T) {
 	if retry == "" || retry == "0" {
 		t.Fatalf("retry-after = %q", retry)
 	}
+}
+
+func (h *harness) spent(user string) billing.Nanos {
+	b, _ := h.store.Budget(context.Background(), user, billing.Day(time.Now(), time.UTC), 0)
+	return b.Spent
 }

@@ -12,8 +12,10 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/processor/provider"
 	"github.com/aifirewall/aifirewall/processor/sse"
 )
@@ -34,12 +36,14 @@ type request struct {
 	log *slog.Logger
 
 	id         string
+	caller     identity.Caller
 	headerUser string
 	user       string
 	route      provider.Route
 	req        *provider.Request
 	day        string
-	spent      billing.Nanos // at admission
+	budget     billing.Budget // at admission, this request's reservation included
+	admitted   bool           // a reservation is held: settlement must release it
 
 	meter     provider.Meter
 	status    int
@@ -59,7 +63,7 @@ type request struct {
 func (r *request) handle(ctx context.Context, msg *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func()) {
 	switch m := msg.Request.(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return r.requestHeaders(m.RequestHeaders), nil
+		return r.requestHeaders(m.RequestHeaders, msg.GetAttributes()), nil
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return r.requestBody(ctx, m.RequestBody), nil
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
@@ -76,9 +80,14 @@ func (r *request) handle(ctx context.Context, msg *extprocv3.ProcessingRequest) 
 	return nil, nil
 }
 
-func (r *request) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+func (r *request) requestHeaders(h *extprocv3.HttpHeaders, attrs map[string]*structpb.Struct) *extprocv3.ProcessingResponse {
 	hm := h.GetHeaders()
 	r.id = headerValue(hm, "x-request-id")
+	if r.id == "" {
+		// Envoy generates one; without it a unique id still lets the
+		// reservation and the settlement find each other.
+		r.id = fmt.Sprintf("aifw-%d-%p", time.Now().UnixNano(), r)
+	}
 	r.log = r.s.log.With("request_id", r.id)
 	method, path := headerValue(hm, ":method"), headerValue(hm, ":path")
 
@@ -89,10 +98,17 @@ func (r *request) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processing
 			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: %s", method, cleanPath(path), provider.Paths)})
 	}
 	r.route = route
-	if e := r.authenticate(hm); e != nil {
+	caller, err := r.s.cfg.Auth.Authenticate(identity.Request{
+		Authorization: headerValues(hm, "authorization"),
+		APIKey:        headerValues(hm, "x-api-key"),
+		XFCC:          headerValues(hm, "x-forwarded-client-cert"),
+		PeerURISAN:    attribute(attrs, "connection.uri_san_peer_certificate"),
+	})
+	if err != nil {
 		r.s.metrics.decision(decisionUnauthorized)
-		return immediate(e)
+		return immediate(unauthorized(err.Error()))
 	}
+	r.caller = caller
 	r.headerUser = headerValue(hm, "x-user-id")
 
 	// The client's credential never reaches the provider: drop it and
@@ -112,30 +128,6 @@ func (r *request) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processing
 	}}
 }
 
-func (r *request) authenticate(hm *corev3.HeaderMap) *apiError {
-	auth, xkey := headerValues(hm, "authorization"), headerValues(hm, "x-api-key")
-	if len(auth) > 1 || len(xkey) > 1 {
-		return unauthorized("more than one API key header was sent; send exactly one: 'Authorization: Bearer <key>'")
-	}
-	var key string
-	switch {
-	case len(auth) == 1:
-		scheme, k, ok := strings.Cut(auth[0], " ")
-		if !ok || !strings.EqualFold(scheme, "bearer") {
-			return unauthorized("the Authorization header must be 'Bearer <key>'")
-		}
-		key = strings.TrimSpace(k)
-	case len(xkey) == 1:
-		key = xkey[0] // Anthropic clients send their key this way
-	default:
-		return unauthorized("no API key provided; send 'Authorization: Bearer <key>' with the key your gateway operator gave you")
-	}
-	if !r.s.authorized(key) {
-		return unauthorized("invalid API key; send 'Authorization: Bearer <key>' with the key your gateway operator gave you")
-	}
-	return nil
-}
-
 func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
 	if r.route.Endpoint == nil {
 		return bodyResponse(nil, nil)
@@ -150,33 +142,45 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 		return immediate(invalidRequest("", "the request body could not be read: "+err.Error()))
 	}
 	r.req = req
-	r.user = firstNonEmpty(r.headerUser, req.User, "default")
-	if e := validUser(r.user); e != nil {
+	if e := r.resolveUser(); e != nil {
 		r.s.metrics.decision(decisionBadRequest)
 		return immediate(e)
 	}
 	r.log = r.log.With("user", r.user, "model", req.Model)
 
+	// Reserve the estimated cost atomically with the budget check, so that
+	// concurrent requests cannot all pass a gate only one of them fits.
 	now := r.s.now()
 	r.day = billing.Day(now, r.s.cfg.Location)
+	limit := r.s.cfg.DailyLimit
+	if r.caller.Limit > 0 {
+		limit = r.caller.Limit
+	}
+	out := req.MaxOutput
+	if out == 0 {
+		out = r.s.cfg.DefaultOutputTokens
+	}
+	estimate := r.s.prices.For(req.Model).Cost(billing.Usage{Input: req.PromptTokens, Output: out})
 	sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
-	spent, err := r.s.store.Spent(sctx, r.user, r.day)
+	bud, err := r.s.store.Admit(sctx, billing.Admission{User: r.user, Day: r.day, RequestID: r.id,
+		Amount: estimate, Limit: limit, TTL: r.s.cfg.ReservationTTL})
 	cancel()
 	if err != nil {
 		r.s.metrics.decision(decisionStoreUnavailable)
-		r.s.metrics.storeError("spent")
+		r.s.metrics.storeError("admit")
 		r.log.Error("budget store unavailable", "err", err)
 		return immediate(unavailable("the budget store is unreachable, so the request was not forwarded; retry shortly, and tell your gateway operator if it persists"))
 	}
-	r.spent = spent
-	if spent >= r.s.cfg.DailyLimit {
+	r.budget = bud
+	if !bud.Admitted {
 		reset := billing.NextReset(now, r.s.cfg.Location)
 		r.s.metrics.decision(decisionOverBudget)
-		r.log.Info("over budget", "spent_nanos", int64(spent))
-		return immediate(overBudget(r.s.cfg.DailyLimit, spent, reset, now))
+		r.log.Info("over budget", "spent_nanos", int64(bud.Spent), "reserved_nanos", int64(bud.Reserved))
+		return immediate(overBudget(bud, reset, now))
 	}
+	r.admitted = true
 	r.s.metrics.decision(decisionAllowed)
-	r.log.Debug("admitted", "prompt_tokens", req.PromptTokens, "stream", req.Stream)
+	r.log.Debug("admitted", "prompt_tokens", req.PromptTokens, "stream", req.Stream, "reserved_nanos", int64(estimate))
 
 	if req.Body == nil {
 		return bodyResponse(nil, nil)
@@ -196,12 +200,11 @@ func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processin
 		r.meter = r.route.Endpoint.NewMeter(r.req, r.s.tk)
 	}
 	mut := &extprocv3.HeaderMutation{}
-	if r.req != nil {
-		limit := r.s.cfg.DailyLimit
+	if r.admitted {
 		reset := billing.NextReset(r.s.now(), r.s.cfg.Location)
 		mut.SetHeaders = append(mut.SetHeaders,
-			header("x-aifirewall-budget-limit", limit.Decimal()),
-			header("x-aifirewall-budget-remaining", max(limit-r.spent, 0).Decimal()),
+			header("x-aifirewall-budget-limit", r.budget.Limit.Decimal()),
+			header("x-aifirewall-budget-remaining", r.budget.Remaining().Decimal()),
 			header("x-aifirewall-budget-reset", reset.UTC().Format(time.RFC3339)))
 		if r.sse && r.req.UsageInjected {
 			mut.RemoveHeaders = append(mut.RemoveHeaders, "content-length")
@@ -313,37 +316,54 @@ func (r *request) finish() {
 	r.settle()
 }
 
-// settle prices the request and hands the charge to the store, once.
+// settle prices the request and hands the charge to the store, once. A
+// request admitted but never answered (or answered with an error) settles
+// at zero, which releases its reservation.
 func (r *request) settle() {
-	if r.settled || r.meter == nil {
+	if r.settled || !r.admitted {
 		return
 	}
 	r.settled = true
-	u := r.meter.Usage()
-	_, priced := r.s.prices.Lookup(r.req.Model)
-	cost := r.s.prices.For(r.req.Model).Cost(u)
-	r.s.metrics.settled(r.req.Model, priced, u, cost)
+	var u billing.Usage
+	var cost billing.Nanos
+	if r.meter != nil {
+		u = r.meter.Usage()
+		_, priced := r.s.prices.Lookup(r.req.Model)
+		cost = r.s.prices.For(r.req.Model).Cost(u)
+		r.s.metrics.settled(r.req.Model, priced, u, cost)
+	}
 	r.log.Info("settled",
 		"prompt_tokens", u.PromptTokens(), "completion_tokens", u.CompletionTokens(),
 		"cached_tokens", u.CacheRead, "reasoning_tokens", u.Reasoning,
 		"cost_nanos", int64(cost), "status", r.status, "complete", r.ended)
-	if cost == 0 {
-		return
-	}
-	id := r.id
-	if id == "" {
-		// Without Envoy's request id there is nothing to deduplicate on;
-		// a unique id still bills this request exactly once.
-		id = fmt.Sprintf("noid-%p-%d", r, time.Now().UnixNano())
-	}
-	r.s.settle(billing.Settlement{User: r.user, Day: r.day, RequestID: id, Amount: cost}, r.log)
+	r.s.settle(billing.Settlement{User: r.user, Day: r.day, RequestID: r.id, Amount: cost}, r.log)
 }
 
-func overBudget(limit, spent billing.Nanos, reset, now time.Time) *apiError {
+// resolveUser names the budget holder: the caller's own identity when it
+// has one (a per-user key, a workload), else x-user-id, the body's user
+// field, or "default".
+func (r *request) resolveUser() *apiError {
+	if r.caller.User != "" {
+		if r.headerUser != "" && r.headerUser != r.caller.User {
+			return &apiError{status: 403, Type: "permission_error", Code: "user_override_forbidden",
+				Message: "x-user-id cannot name another user: this caller's budget is its own; remove the header"}
+		}
+		r.user = r.caller.User
+		return nil
+	}
+	r.user = firstNonEmpty(r.headerUser, r.req.User, "default")
+	return validUser(r.user)
+}
+
+func overBudget(b billing.Budget, reset, now time.Time) *apiError {
 	wait := int64(reset.Sub(now).Round(time.Second) / time.Second)
+	inFlight := ""
+	if b.Reserved > 0 {
+		inFlight = fmt.Sprintf(" (plus %s held by requests in flight)", b.Reserved)
+	}
 	return &apiError{status: 402, Type: "budget_exceeded", Code: "budget_exceeded",
-		Message: fmt.Sprintf("daily budget exceeded: spent %s of a %s limit today; the budget resets at %s (in %ds). Ask your gateway operator to raise the limit, or retry after the reset.",
-			spent, limit, reset.UTC().Format(time.RFC3339), wait),
+		Message: fmt.Sprintf("daily budget exceeded: spent %s%s of a %s limit today; the budget resets at %s (in %ds). Ask your gateway operator to raise the limit, or retry after the reset.",
+			b.Spent, inFlight, b.Limit, reset.UTC().Format(time.RFC3339), wait),
 		headers: map[string]string{"retry-after": strconv.FormatInt(max(wait, 1), 10)}}
 }
 

@@ -7,6 +7,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // apiError is an error a client receives, in OpenAI's shape.
@@ -93,4 +94,14 @@ func headerValue(h *corev3.HeaderMap, key string) string {
 func statusOf(h *corev3.HeaderMap) int {
 	n, _ := strconv.Atoi(headerValue(h, ":status"))
 	return n
+}
+
+// attribute reads an Envoy request attribute sent to the ext_proc filter.
+func attribute(attrs map[string]*structpb.Struct, name string) string {
+	for _, st := range attrs {
+		if v, ok := st.GetFields()[name]; ok {
+			return v.GetStringValue()
+		}
+	}
+	return ""
 }

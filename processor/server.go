@@ -4,8 +4,6 @@ package processor
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,18 +15,25 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/processor/provider"
 )
 
 // Config is what the processor needs to decide on a request.
 type Config struct {
-	APIKey       string        // the key clients present (INTERNAL_API_KEY)
+	Auth         identity.Authenticator
 	Upstream     provider.Kind // which provider the upstream is
 	UpstreamKey  string        // the credential sent upstream instead
-	DailyLimit   billing.Nanos // per user per budget day
+	DailyLimit   billing.Nanos // per user per budget day, unless the caller has its own
 	Location     *time.Location
 	StoreTimeout time.Duration // bound on each budget-store call
 	SettleTries  int           // attempts to write a settlement
+	// ReservationTTL bounds how long an admitted request holds its
+	// estimated cost when its settlement never comes (a crashed sidecar).
+	ReservationTTL time.Duration
+	// DefaultOutputTokens estimates the output of a request that sets no
+	// max_tokens, for its reservation.
+	DefaultOutputTokens int64
 }
 
 // Server implements Envoy's ExternalProcessor service.
@@ -36,7 +41,6 @@ type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
 	cfg     Config
-	keyHash [32]byte
 	store   billing.Store
 	prices  *billing.Prices
 	tk      *billing.Tokenizer
@@ -61,8 +65,13 @@ func New(cfg Config, store billing.Store, prices *billing.Prices, tk *billing.To
 	if cfg.SettleTries <= 0 {
 		cfg.SettleTries = 3
 	}
-	return &Server{cfg: cfg, keyHash: sha256.Sum256([]byte(cfg.APIKey)), store: store,
-		prices: prices, tk: tk, log: log, now: now}
+	if cfg.ReservationTTL <= 0 {
+		cfg.ReservationTTL = 15 * time.Minute
+	}
+	if cfg.DefaultOutputTokens <= 0 {
+		cfg.DefaultOutputTokens = 1024
+	}
+	return &Server{cfg: cfg, store: store, prices: prices, tk: tk, log: log, now: now}
 }
 
 // WithMetrics makes the server record m.
@@ -97,12 +106,6 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			after()
 		}
 	}
-}
-
-// authorized compares key with the configured key in constant time.
-func (s *Server) authorized(key string) bool {
-	h := sha256.Sum256([]byte(key))
-	return subtle.ConstantTimeCompare(h[:], s.keyHash[:]) == 1
 }
 
 // settle writes a request's charge in the background, retrying, so the

@@ -80,7 +80,7 @@ func TestInjectedUsageStrippedAtEverySplit(t *testing.T) {
 			t.Fatal(err)
 		}
 		cancel()
-		spent, _ := h.store.Spent(context.Background(), "prop", billing.Day(time.Now(), time.UTC))
+		spent := h.spent("prop")
 		if spent != billing.Nanos(want*len(splits)) {
 			t.Fatalf("eol %q: billed %d over %d requests, want %d each", eol, spent, len(splits), want)
 		}
@@ -126,7 +126,7 @@ func TestGzipStreamDecodedStrippedAndBilled(t *testing.T) {
 	if err := h.srv.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	spent, _ := h.store.Spent(context.Background(), "gz", billing.Day(time.Now(), time.UTC))
+	spent := h.spent("gz")
 	if spent != billing.Nanos(want*(len(comp)+1)) {
 		t.Fatalf("billed %d, want %d", spent, want*(len(comp)+1))
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/config"
+	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/processor"
 )
 
@@ -24,9 +25,6 @@ import (
 // NOT_SERVING, in-flight streams finish up to SHUTDOWN_TIMEOUT, and pending
 // settlements are written before exit.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	if cfg.InternalAPIKey == config.DefaultAPIKey {
-		log.Warn("INTERNAL_API_KEY is the default 'changeme-internal-key'; set your own before exposing the gateway")
-	}
 	if cfg.UpstreamAPIKey == "" {
 		log.Warn("UPSTREAM_API_KEY is empty; the upstream will likely reject requests")
 	}
@@ -47,9 +45,14 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	auth, err := authenticator(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
 	proc := processor.New(processor.Config{
-		APIKey: cfg.InternalAPIKey, Upstream: cfg.Provider, UpstreamKey: cfg.UpstreamAPIKey,
+		Auth: auth, Upstream: cfg.Provider, UpstreamKey: cfg.UpstreamAPIKey,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
+		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
 	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer))
 
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
@@ -144,4 +147,26 @@ func adminMux(store billing.Store, timeout time.Duration) *http.ServeMux {
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// authenticator builds the identity mode of the configuration.
+func authenticator(ctx context.Context, cfg *config.Config, log *slog.Logger) (identity.Authenticator, error) {
+	switch cfg.IdentityMode {
+	case "keys":
+		keys, err := identity.LoadKeys(cfg.KeysFile)
+		if err != nil {
+			return nil, fmt.Errorf("KEYS_FILE: %w", err)
+		}
+		go keys.Watch(ctx, 2*time.Second, log)
+		log.Info("identity: per-user keys", "keys", keys.Len(), "file", cfg.KeysFile)
+		return keys, nil
+	case "mesh":
+		log.Info("identity: mesh workloads (SPIFFE ID of the client certificate)", "trust_xfcc", cfg.TrustXFCC)
+		return identity.Mesh{TrustXFCC: cfg.TrustXFCC}, nil
+	default:
+		if cfg.InternalAPIKey == config.DefaultAPIKey {
+			log.Warn("INTERNAL_API_KEY is the default 'changeme-internal-key'; set your own before exposing the gateway")
+		}
+		return identity.NewSharedKey(cfg.InternalAPIKey), nil
+	}
 }
