@@ -31,6 +31,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"sigs.k8s.io/yaml"
 )
@@ -47,6 +48,10 @@ type Options struct {
 	// MessageTimeout bounds each ext_proc reply; prompt counting of a body
 	// at the size limit must fit in it.
 	MessageTimeout time.Duration
+	// TLS, when CertFile is set, makes the listener HTTPS; with ClientCAFile
+	// it requires client certificates (mTLS) and passes the caller's URI
+	// SAN (its SPIFFE ID) to the sidecar.
+	TLS struct{ CertFile, KeyFile, ClientCAFile string }
 }
 
 const (
@@ -83,6 +88,15 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, err
 	}
+	chain := &listenerv3.FilterChain{Filters: []*listenerv3.Filter{{
+		Name:       "envoy.filters.network.http_connection_manager",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm},
+	}}}
+	if o.TLS.CertFile != "" {
+		if chain.TransportSocket, err = downstreamTLS(o); err != nil {
+			return nil, err
+		}
+	}
 	return &bootstrapv3.Bootstrap{
 		Admin: &bootstrapv3.Admin{Address: admin},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
@@ -90,10 +104,7 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 				Name:                          "llm_ingress",
 				Address:                       listen,
 				PerConnectionBufferLimitBytes: wrapperspb.UInt32(o.MaxBodyBytes),
-				FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
-					Name:       "envoy.filters.network.http_connection_manager",
-					ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm},
-				}}}},
+				FilterChains:                  []*listenerv3.FilterChain{chain},
 			}},
 			Clusters: []*clusterv3.Cluster{upCluster, epCluster},
 		},
@@ -121,6 +132,12 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 		MaxMessageTimeout:        durationpb.New(3 * o.MessageTimeout),
 		StatusOnError:            &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
 		StatPrefix:               "aifirewall",
+		// The verified client certificate's URI SAN: a workload's SPIFFE ID.
+		RequestAttributes: []string{"connection.uri_san_peer_certificate"},
+		// Envoy keeps only the dynamic metadata namespaces listed here; the
+		// access log reads the sidecar's from "aifirewall".
+		MetadataOptions: &extprocv3.MetadataOptions{ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
+			Untyped: []string{"aifirewall"}}},
 	}
 	disabled, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
 	if err != nil {
@@ -158,7 +175,9 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 			},
 		}},
 	}
-	accessLog, err := anypb.New(&streamv3.StdoutAccessLog{})
+	accessLog, err := anypb.New(&streamv3.StdoutAccessLog{AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{
+		LogFormat: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: accessLogFields()}},
+	}})
 	if err != nil {
 		return nil, err
 	}
@@ -304,4 +323,39 @@ func YAML(o Options) ([]byte, error) {
 
 func exact(s string) *matcherv3.StringMatcher {
 	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}
+}
+
+// accessLogFields is Envoy's JSON access log, with what the sidecar put in
+// the aifirewall dynamic metadata namespace.
+func accessLogFields() *structpb.Struct {
+	fields := map[string]any{
+		"time": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+		"status": "%RESPONSE_CODE%", "duration_ms": "%DURATION%", "request_id": "%REQ(X-REQUEST-ID)%",
+		"bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%", "upstream": "%UPSTREAM_HOST%",
+		"response_flags": "%RESPONSE_FLAGS%",
+	}
+	for _, k := range []string{"decision", "user", "model", "prompt_tokens", "completion_tokens", "cost_usd"} {
+		fields["aifirewall_"+k] = "%DYNAMIC_METADATA(aifirewall:" + k + ")%"
+	}
+	st, _ := structpb.NewStruct(fields)
+	return st
+}
+
+func downstreamTLS(o Options) (*corev3.TransportSocket, error) {
+	common := &tlsv3.CommonTlsContext{TlsCertificates: []*tlsv3.TlsCertificate{{
+		CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.TLS.CertFile}},
+		PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.TLS.KeyFile}},
+	}}}
+	ctx := &tlsv3.DownstreamTlsContext{CommonTlsContext: common}
+	if o.TLS.ClientCAFile != "" {
+		common.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.TLS.ClientCAFile}},
+		}}
+		ctx.RequireClientCertificate = wrapperspb.Bool(true)
+	}
+	a, err := anypb.New(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}, nil
 }

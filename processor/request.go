@@ -58,12 +58,14 @@ type request struct {
 	responded bool      // response headers seen: the upstream answered
 	ended     bool      // response end of stream seen
 	settled   bool
+	usage     billing.Usage // as settled
+	cost      billing.Nanos // as settled
 }
 
 func (r *request) handle(ctx context.Context, msg *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func()) {
 	switch m := msg.Request.(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return r.requestHeaders(m.RequestHeaders, msg.GetAttributes()), nil
+		return r.requestHeaders(ctx, m.RequestHeaders, msg.GetAttributes()), nil
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return r.requestBody(ctx, m.RequestBody), nil
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
@@ -80,7 +82,7 @@ func (r *request) handle(ctx context.Context, msg *extprocv3.ProcessingRequest) 
 	return nil, nil
 }
 
-func (r *request) requestHeaders(h *extprocv3.HttpHeaders, attrs map[string]*structpb.Struct) *extprocv3.ProcessingResponse {
+func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, attrs map[string]*structpb.Struct) *extprocv3.ProcessingResponse {
 	hm := h.GetHeaders()
 	r.id = headerValue(hm, "x-request-id")
 	if r.id == "" {
@@ -90,11 +92,11 @@ func (r *request) requestHeaders(h *extprocv3.HttpHeaders, attrs map[string]*str
 	}
 	r.log = r.s.log.With("request_id", r.id)
 	method, path := headerValue(hm, ":method"), headerValue(hm, ":path")
+	ownBudget := method == "GET" && cleanPath(path) == budgetPath
 
 	route, ok := r.s.cfg.Upstream.Route(method, path)
-	if !ok {
-		r.s.metrics.decision(decisionNotFound)
-		return immediate(&apiError{status: 404, Type: "invalid_request_error", Code: "unknown_url",
+	if !ok && !ownBudget {
+		return r.deny(decisionNotFound, &apiError{status: 404, Type: "invalid_request_error", Code: "unknown_url",
 			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: %s", method, cleanPath(path), provider.Paths)})
 	}
 	r.route = route
@@ -105,11 +107,13 @@ func (r *request) requestHeaders(h *extprocv3.HttpHeaders, attrs map[string]*str
 		PeerURISAN:    attribute(attrs, "connection.uri_san_peer_certificate"),
 	})
 	if err != nil {
-		r.s.metrics.decision(decisionUnauthorized)
-		return immediate(unauthorized(err.Error()))
+		return r.deny(decisionUnauthorized, unauthorized(err.Error()))
 	}
 	r.caller = caller
 	r.headerUser = headerValue(hm, "x-user-id")
+	if ownBudget {
+		return r.budgetReply(ctx)
+	}
 
 	// The client's credential never reaches the provider: drop it and
 	// present the upstream's. Identity encoding keeps the body readable.
@@ -134,17 +138,15 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	}
 	req, err := r.route.Endpoint.ParseRequest(b.GetBody(), r.s.tk)
 	if err != nil {
-		r.s.metrics.decision(decisionBadRequest)
 		var bad *provider.BadRequest
 		if errors.As(err, &bad) {
-			return immediate(invalidRequest(bad.Param, bad.Msg))
+			return r.deny(decisionBadRequest, invalidRequest(bad.Param, bad.Msg))
 		}
-		return immediate(invalidRequest("", "the request body could not be read: "+err.Error()))
+		return r.deny(decisionBadRequest, invalidRequest("", "the request body could not be read: "+err.Error()))
 	}
 	r.req = req
 	if e := r.resolveUser(); e != nil {
-		r.s.metrics.decision(decisionBadRequest)
-		return immediate(e)
+		return r.deny(decisionBadRequest, e)
 	}
 	r.log = r.log.With("user", r.user, "model", req.Model)
 
@@ -166,29 +168,30 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 		Amount: estimate, Limit: limit, TTL: r.s.cfg.ReservationTTL})
 	cancel()
 	if err != nil {
-		r.s.metrics.decision(decisionStoreUnavailable)
 		r.s.metrics.storeError("admit")
 		r.log.Error("budget store unavailable", "err", err)
-		return immediate(unavailable("the budget store is unreachable, so the request was not forwarded; retry shortly, and tell your gateway operator if it persists"))
+		return r.deny(decisionStoreUnavailable, unavailable("the budget store is unreachable, so the request was not forwarded; retry shortly, and tell your gateway operator if it persists"))
 	}
 	r.budget = bud
 	if !bud.Admitted {
 		reset := billing.NextReset(now, r.s.cfg.Location)
-		r.s.metrics.decision(decisionOverBudget)
 		r.log.Info("over budget", "spent_nanos", int64(bud.Spent), "reserved_nanos", int64(bud.Reserved))
-		return immediate(overBudget(bud, reset, now))
+		return r.deny(decisionOverBudget, overBudget(bud, reset, now))
 	}
 	r.admitted = true
 	r.s.metrics.decision(decisionAllowed)
 	r.log.Debug("admitted", "prompt_tokens", req.PromptTokens, "stream", req.Stream, "reserved_nanos", int64(estimate))
 
-	if req.Body == nil {
-		return bodyResponse(nil, nil)
+	var mut *extprocv3.HeaderMutation
+	if req.Body != nil {
+		// The body grew (stream_options added): its length must follow.
+		mut = &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+			header("content-length", strconv.Itoa(len(req.Body)))}}
 	}
-	// The body grew (stream_options added): its length must follow.
-	mut := &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
-		header("content-length", strconv.Itoa(len(req.Body)))}}
-	return bodyResponse(req.Body, mut)
+	resp := bodyResponse(req.Body, mut)
+	resp.DynamicMetadata = metadata(map[string]any{"decision": decisionAllowed, "user": r.user,
+		"model": req.Model, "prompt_tokens": req.PromptTokens})
+	return resp
 }
 
 func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
@@ -244,9 +247,9 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 	if r.sse && r.req.UsageInjected {
 		out := r.meterSSE(chunk, eos, true)
 		r.afterChunk(eos)
-		return responseBody(out), nil
+		return r.withBill(responseBody(out)), nil
 	}
-	return responseBody(replaced), func() {
+	account := func() {
 		if r.sse {
 			r.meterSSE(chunk, eos, false)
 		} else {
@@ -254,6 +257,13 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 		}
 		r.afterChunk(eos)
 	}
+	if eos {
+		// The last chunk is metered before it is answered, so that the
+		// reply carries the bill to Envoy's access log.
+		account()
+		return r.withBill(responseBody(replaced)), nil
+	}
+	return responseBody(replaced), account
 }
 
 // inflate decodes a gzip chunk; at the end of the stream it also returns
@@ -328,10 +338,12 @@ func (r *request) settle() {
 	var cost billing.Nanos
 	if r.meter != nil {
 		u = r.meter.Usage()
+		r.usage = u
 		_, priced := r.s.prices.Lookup(r.req.Model)
 		cost = r.s.prices.For(r.req.Model).Cost(u)
 		r.s.metrics.settled(r.req.Model, priced, u, cost)
 	}
+	r.cost = cost
 	r.log.Info("settled",
 		"prompt_tokens", u.PromptTokens(), "completion_tokens", u.CompletionTokens(),
 		"cached_tokens", u.CacheRead, "reasoning_tokens", u.Reasoning,
@@ -345,8 +357,7 @@ func (r *request) settle() {
 func (r *request) resolveUser() *apiError {
 	if r.caller.User != "" {
 		if r.headerUser != "" && r.headerUser != r.caller.User {
-			return &apiError{status: 403, Type: "permission_error", Code: "user_override_forbidden",
-				Message: "x-user-id cannot name another user: this caller's budget is its own; remove the header"}
+			return userOverride()
 		}
 		r.user = r.caller.User
 		return nil

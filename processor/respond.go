@@ -34,6 +34,11 @@ func invalidRequest(param, msg string) *apiError {
 	return e
 }
 
+func userOverride() *apiError {
+	return &apiError{status: 403, Type: "permission_error", Code: "user_override_forbidden",
+		Message: "x-user-id cannot name another user: this caller's budget is its own; remove the header"}
+}
+
 func unavailable(msg string) *apiError {
 	return &apiError{status: 503, Message: msg, Type: "service_unavailable", Code: "service_unavailable",
 		headers: map[string]string{"retry-after": "1"}}

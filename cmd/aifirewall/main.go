@@ -58,10 +58,12 @@ func envoyConfig(cfg *config.Config, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	y, err := envoy.YAML(envoy.Options{
+	o := envoy.Options{
 		ListenAddr: cfg.EnvoyListenAddr, AdminAddr: cfg.EnvoyAdminAddr, ExtProcAddr: cfg.ExtProcAddr,
 		UpstreamURL: cfg.UpstreamBaseURL, MaxBodyBytes: cfg.MaxBodyBytes, CACertFile: *ca,
-	})
+	}
+	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = cfg.EnvoyTLSCert, cfg.EnvoyTLSKey, cfg.EnvoyClientCA
+	y, err := envoy.YAML(o)
 	if err != nil {
 		return err
 	}

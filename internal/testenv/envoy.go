@@ -51,15 +51,21 @@ func (e *Envoy) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", e.Port)
 // StartEnvoy runs envoy in front of upstreamURL, with the sidecar at extProcAddr.
 func StartEnvoy(t testing.TB, upstreamURL, extProcAddr string) *Envoy {
 	t.Helper()
+	return StartEnvoyWith(t, envoy.Options{UpstreamURL: upstreamURL, ExtProcAddr: extProcAddr})
+}
+
+// StartEnvoyWith runs envoy with o; listen and admin addresses are chosen
+// here, and the body limit defaults to 1 MiB.
+func StartEnvoyWith(t testing.TB, o envoy.Options) *Envoy {
+	t.Helper()
 	bin := EnvoyBinary(t)
 	e := &Envoy{Port: FreePort(t), AdminPort: FreePort(t)}
-	cfg, err := envoy.YAML(envoy.Options{
-		ListenAddr:   fmt.Sprintf("127.0.0.1:%d", e.Port),
-		AdminAddr:    fmt.Sprintf("127.0.0.1:%d", e.AdminPort),
-		ExtProcAddr:  extProcAddr,
-		UpstreamURL:  upstreamURL,
-		MaxBodyBytes: 1 << 20,
-	})
+	o.ListenAddr = fmt.Sprintf("127.0.0.1:%d", e.Port)
+	o.AdminAddr = fmt.Sprintf("127.0.0.1:%d", e.AdminPort)
+	if o.MaxBodyBytes == 0 {
+		o.MaxBodyBytes = 1 << 20
+	}
+	cfg, err := envoy.YAML(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/internal/fakellm"
 )
 
@@ -27,6 +28,7 @@ type StackOptions struct {
 	Limit        string   // DAILY_BUDGET_LIMIT, default 5.0
 	UpstreamPath string   // base path of UPSTREAM_BASE_URL, e.g. "/api"
 	Env          []string // more sidecar settings
+	Envoy        envoy.Options
 }
 
 // Keys used by every stack.
@@ -56,7 +58,8 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 		"DAILY_BUDGET_LIMIT=" + o.Limit,
 	}, o.Env...)
 	s.Sidecar = StartSidecar(t, env...)
-	s.Envoy = StartEnvoy(t, upstreamURL, s.Sidecar.GRPCAddr)
+	o.Envoy.UpstreamURL, o.Envoy.ExtProcAddr = upstreamURL, s.Sidecar.GRPCAddr
+	s.Envoy = StartEnvoyWith(t, o.Envoy)
 	return s
 }
 

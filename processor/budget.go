@@ -1,0 +1,110 @@
+package processor
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/aifirewall/aifirewall/billing"
+)
+
+// budgetPath is answered by the sidecar itself, never forwarded: the
+// caller's own limit, spend, reservations and reset time.
+const budgetPath = "/v1/budget"
+
+// BudgetReport is the body of GET /v1/budget. Amounts are decimal USD
+// strings (and exact nano-dollar integers), never floats.
+type BudgetReport struct {
+	User          string `json:"user"`
+	Day           string `json:"day"`
+	LimitUSD      string `json:"limit_usd"`
+	SpentUSD      string `json:"spent_usd"`
+	ReservedUSD   string `json:"reserved_usd"`
+	RemainingUSD  string `json:"remaining_usd"`
+	LimitNanos    int64  `json:"limit_nanos"`
+	SpentNanos    int64  `json:"spent_nanos"`
+	ReservedNanos int64  `json:"reserved_nanos"`
+	Reset         string `json:"reset"`
+}
+
+func (r *request) budgetReply(ctx context.Context) *extprocv3.ProcessingResponse {
+	r.user = firstNonEmpty(r.caller.User, r.headerUser, "default")
+	if r.caller.User != "" && r.headerUser != "" && r.headerUser != r.caller.User {
+		return r.deny(decisionBadRequest, userOverride())
+	}
+	if e := validUser(r.user); e != nil {
+		return r.deny(decisionBadRequest, e)
+	}
+	limit := r.s.cfg.DailyLimit
+	if r.caller.Limit > 0 {
+		limit = r.caller.Limit
+	}
+	now := r.s.now()
+	day := billing.Day(now, r.s.cfg.Location)
+	sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
+	b, err := r.s.store.Budget(sctx, r.user, day, limit)
+	cancel()
+	if err != nil {
+		r.s.metrics.storeError("budget")
+		return r.deny(decisionStoreUnavailable, unavailable("the budget store is unreachable; retry shortly"))
+	}
+	body, _ := json.Marshal(BudgetReport{
+		User: r.user, Day: day,
+		LimitUSD: b.Limit.Decimal(), SpentUSD: b.Spent.Decimal(), ReservedUSD: b.Reserved.Decimal(), RemainingUSD: b.Remaining().Decimal(),
+		LimitNanos: int64(b.Limit), SpentNanos: int64(b.Spent), ReservedNanos: int64(b.Reserved),
+		Reset: billing.NextReset(now, r.s.cfg.Location).UTC().Format(time.RFC3339),
+	})
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_OK},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{header("content-type", "application/json")}},
+			Body:    body,
+			Details: "aifirewall_budget",
+		},
+	}}
+}
+
+// deny answers the client with e, counting and recording the decision.
+func (r *request) deny(decision string, e *apiError) *extprocv3.ProcessingResponse {
+	r.s.metrics.decision(decision)
+	resp := immediate(e)
+	fields := map[string]any{"decision": decision}
+	if r.user != "" {
+		fields["user"] = r.user
+	}
+	resp.DynamicMetadata = metadata(fields)
+	return resp
+}
+
+// withBill adds the settled usage and cost to resp's dynamic metadata, for
+// Envoy's access log.
+func (r *request) withBill(resp *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+	if r.settled {
+		resp.DynamicMetadata = metadata(map[string]any{
+			"user": r.user, "model": r.req.Model,
+			"prompt_tokens": r.usage.PromptTokens(), "completion_tokens": r.usage.CompletionTokens(),
+			"cost_usd": r.cost.Decimal(),
+		})
+	}
+	return resp
+}
+
+// metadata puts fields in the aifirewall namespace of Envoy's dynamic
+// metadata.
+func metadata(fields map[string]any) *structpb.Struct {
+	for k, v := range fields {
+		if n, ok := v.(int64); ok {
+			fields[k] = float64(n) // structpb numbers; token counts fit exactly
+		}
+	}
+	inner, err := structpb.NewStruct(fields)
+	if err != nil {
+		return nil
+	}
+	return &structpb.Struct{Fields: map[string]*structpb.Value{"aifirewall": structpb.NewStructValue(inner)}}
+}
