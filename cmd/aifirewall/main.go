@@ -3,19 +3,23 @@
 //
 //	aifirewall                 serve (ext_proc gRPC on LISTEN_ADDR, admin HTTP on ADMIN_ADDR)
 //	aifirewall envoy-config    print the Envoy configuration for these settings
+//	aifirewall hash-key        print the SHA-256 of a key read from stdin, for KEYS_FILE
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/envoy"
+	"github.com/aifirewall/aifirewall/identity"
 )
 
 func main() {
@@ -26,6 +30,19 @@ func main() {
 }
 
 func run(args []string) error {
+	if len(args) > 0 && args[0] == "hash-key" {
+		// Reads the key from stdin so it never lands in shell history.
+		key, err := io.ReadAll(io.LimitReader(os.Stdin, 4096))
+		if err != nil {
+			return err
+		}
+		k := strings.TrimSpace(string(key))
+		if k == "" {
+			return fmt.Errorf("hash-key: no key on standard input")
+		}
+		fmt.Println(identity.HashKey(k))
+		return nil
+	}
 	envFile := os.Getenv("ENV_FILE")
 	if envFile == "" {
 		envFile = ".env"
@@ -47,7 +64,7 @@ func run(args []string) error {
 	case "envoy-config":
 		return envoyConfig(cfg, args)
 	default:
-		return fmt.Errorf("unknown command %q (want serve or envoy-config)", cmd)
+		return fmt.Errorf("unknown command %q (want serve, envoy-config or hash-key)", cmd)
 	}
 }
 
