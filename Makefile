@@ -2,7 +2,9 @@
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build run demo test lint bench envoy prices fuzz clean
+.PHONY: help build run demo test lint bench envoy prices proto fuzz clean
+
+BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
 help:
 	@echo "build  compile bin/aifirewall and bin/fakellm"
@@ -13,6 +15,7 @@ help:
 	@echo "bench  benchmarks (prompt counting, processor phases)"
 	@echo "fuzz   run every fuzz target for FUZZTIME each (default 20s)"
 	@echo "prices regenerate billing/prices.json from ../shared/data/model_prices.json"
+	@echo "proto  regenerate proto-gen/ (buf, protoc-gen-go, protoc-gen-go-grpc via go run)"
 
 build:
 	$(GO) build -o bin/aifirewall ./cmd/aifirewall
@@ -45,6 +48,9 @@ fuzz:
 
 prices:
 	$(GO) run ./cmd/genprices -in ../shared/data/model_prices.json -out billing/prices.json
+
+proto:
+	cd proto-gen && $(GO) run $(BUF) generate
 
 clean:
 	rm -rf bin .tmp

@@ -15,6 +15,9 @@ type MemStore struct {
 	reserved map[string]map[string]reservation // by day key, then request id
 	settled  map[string]bool
 	limits   map[string]Nanos
+	users    map[string]map[string]bool // by day
+	keys     map[string]APIKey
+	revoked  map[string]bool
 }
 
 type reservation struct {
@@ -25,7 +28,8 @@ type reservation struct {
 // NewMemStore returns an empty in-memory store.
 func NewMemStore() *MemStore {
 	return &MemStore{now: time.Now, spent: map[string]Nanos{}, reserved: map[string]map[string]reservation{},
-		settled: map[string]bool{}, limits: map[string]Nanos{}}
+		settled: map[string]bool{}, limits: map[string]Nanos{}, users: map[string]map[string]bool{},
+		keys: map[string]APIKey{}, revoked: map[string]bool{}}
 }
 
 // open returns the live reservations of a day, dropping expired ones.
@@ -82,6 +86,10 @@ func (m *MemStore) Settle(_ context.Context, s Settlement) (bool, error) {
 	}
 	m.settled[id] = true
 	m.spent[BudgetKey(s.User, s.Day)] += s.Amount
+	if m.users[s.Day] == nil {
+		m.users[s.Day] = map[string]bool{}
+	}
+	m.users[s.Day][s.User] = true
 	return true, nil
 }
 

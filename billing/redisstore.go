@@ -9,6 +9,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+type redisPipe = redis.Pipeliner
+
 // RedisStore keeps budgets in Redis, shared by every sidecar. Every key of
 // one user carries the user's hash tag, so the scripts below touch a single
 // Redis Cluster slot.
@@ -141,6 +143,14 @@ func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
 	n, err := settleScript.Run(ctx, r.rdb, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds())).Int()
 	if err != nil {
 		return false, fmt.Errorf("settle %s: %w", s.RequestID, err)
+	}
+	if n == 1 {
+		// The day's user index lives in its own slot, outside the script;
+		// it only serves listings, so a lost update costs nothing.
+		pipe := r.rdb.Pipeline()
+		pipe.SAdd(ctx, usersKey(s.Day), s.User)
+		pipe.Expire(ctx, usersKey(s.Day), keyTTL)
+		_, _ = pipe.Exec(ctx)
 	}
 	return n == 1, nil
 }

@@ -27,6 +27,8 @@ type Store interface {
 	// SetLimit sets (limit > 0) or clears (limit == 0) an operator override
 	// of the user's daily limit.
 	SetLimit(ctx context.Context, user string, limit Nanos) error
+	// Users lists who has settled spend on day.
+	Users(ctx context.Context, day string) ([]string, error)
 	// Ping tells whether the store can be reached.
 	Ping(ctx context.Context) error
 	Close() error

@@ -48,6 +48,9 @@ type Config struct {
 	// "keys" (per-user keys in KEYS_FILE) or "mesh" (SPIFFE ID of the
 	// client certificate). Empty: "keys" when KEYS_FILE is set, else "shared".
 	IdentityMode string `env:"IDENTITY_MODE"`
+	// The operator API (gRPC), served only when ADMIN_TOKEN is set.
+	OperatorAddr string `env:"OPERATOR_ADDR" envDefault:":9091"`
+	AdminToken   string `env:"ADMIN_TOKEN"`
 	KeysFile     string `env:"KEYS_FILE"`
 	TrustXFCC    bool   `env:"TRUST_XFCC" envDefault:"false"`
 	LogLevel     string `env:"LOG_LEVEL" envDefault:"info"`
@@ -118,7 +121,7 @@ func (c *Config) derive() error {
 		}
 	}
 	for name, addr := range map[string]string{"LISTEN_ADDR": c.ListenAddr, "ADMIN_ADDR": c.AdminAddr,
-		"ENVOY_LISTEN_ADDR": c.EnvoyListenAddr, "ENVOY_ADMIN_ADDR": c.EnvoyAdminAddr, "EXTPROC_ADDR": c.ExtProcAddr} {
+		"ENVOY_LISTEN_ADDR": c.EnvoyListenAddr, "OPERATOR_ADDR": c.OperatorAddr, "ENVOY_ADMIN_ADDR": c.EnvoyAdminAddr, "EXTPROC_ADDR": c.ExtProcAddr} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s: %q is not host:port", name, addr)
 		}
@@ -143,16 +146,15 @@ func (c *Config) derive() error {
 	}
 	switch c.IdentityMode {
 	case "shared":
-	case "keys":
-		if c.KeysFile == "" {
-			return errors.New("KEYS_FILE: required with IDENTITY_MODE=keys")
-		}
-	case "mesh":
+	case "keys", "mesh":
 	default:
 		return fmt.Errorf("IDENTITY_MODE: %q is not one of shared, keys, mesh", c.IdentityMode)
 	}
 	if (c.EnvoyTLSCert == "") != (c.EnvoyTLSKey == "") {
 		return errors.New("ENVOY_TLS_CERT_FILE and ENVOY_TLS_KEY_FILE: set both or neither")
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		return errors.New("ADMIN_TOKEN: use at least 16 characters")
 	}
 	if c.ReservationTTL <= 0 {
 		return errors.New("RESERVATION_TTL: must be positive, e.g. 15m")

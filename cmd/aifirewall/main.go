@@ -4,6 +4,7 @@
 //	aifirewall                 serve (ext_proc gRPC on LISTEN_ADDR, admin HTTP on ADMIN_ADDR)
 //	aifirewall envoy-config    print the Envoy configuration for these settings
 //	aifirewall hash-key        print the SHA-256 of a key read from stdin, for KEYS_FILE
+//	aifirewall admin ...       the operator API's CLI (usage, users, set-limit, add-key, revoke-key)
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/identity"
+	"github.com/aifirewall/aifirewall/operator"
 )
 
 func main() {
@@ -30,6 +32,16 @@ func main() {
 }
 
 func run(args []string) error {
+	if len(args) > 0 && args[0] == "admin" {
+		addr := os.Getenv("OPERATOR_ADDR")
+		if addr == "" || addr[0] == ':' {
+			addr = "127.0.0.1" + addr
+			if addr == "127.0.0.1" {
+				addr += ":9091"
+			}
+		}
+		return operator.RunCLI(context.Background(), args[1:], addr, os.Stdout)
+	}
 	if len(args) > 0 && args[0] == "hash-key" {
 		// Reads the key from stdin so it never lands in shell history.
 		key, err := io.ReadAll(io.LimitReader(os.Stdin, 4096))

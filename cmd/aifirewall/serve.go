@@ -18,6 +18,7 @@ import (
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/identity"
+	"github.com/aifirewall/aifirewall/operator"
 	"github.com/aifirewall/aifirewall/processor"
 )
 
@@ -45,7 +46,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	auth, err := authenticator(ctx, cfg, log)
+	keyStore, _ := store.(billing.KeyStore)
+	auth, err := authenticator(ctx, cfg, keyStore, log)
 	if err != nil {
 		return err
 	}
@@ -71,9 +73,18 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	healthpb.RegisterHealthServer(gs, hs)
 	admin := &http.Server{Handler: adminMux(store, cfg.RedisTimeout), ReadHeaderTimeout: 5 * time.Second}
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- gs.Serve(lis) }()
 	go func() { errc <- admin.Serve(adminLis) }()
+	if cfg.AdminToken != "" {
+		ops, err := operatorServer(cfg, store, keyStore, log)
+		if err != nil {
+			return err
+		}
+		defer ops.Stop()
+	} else {
+		log.Info("operator API off: set ADMIN_TOKEN to serve it")
+	}
 	log.Info("serving", "ext_proc", lis.Addr().String(), "admin", adminLis.Addr().String(),
 		"upstream", cfg.UpstreamBaseURL, "provider", string(cfg.Provider), "daily_limit", cfg.Limit.String(),
 		"prices", prices.Len())
@@ -149,17 +160,47 @@ func adminMux(store billing.Store, timeout time.Duration) *http.ServeMux {
 	return mux
 }
 
+// operatorServer serves the operator API on OPERATOR_ADDR.
+func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeyStore, log *slog.Logger) (*grpc.Server, error) {
+	lis, err := net.Listen("tcp", cfg.OperatorAddr)
+	if err != nil {
+		return nil, fmt.Errorf("OPERATOR_ADDR: %w", err)
+	}
+	unary, stream := operator.TokenAuth(cfg.AdminToken)
+	gs := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
+	(&operator.Server{Store: store, Keys: keys, Limit: cfg.Limit, Location: cfg.Location, Log: log, Now: time.Now}).Register(gs)
+	go func() {
+		if err := gs.Serve(lis); err != nil {
+			log.Error("operator API stopped", "err", err)
+		}
+	}()
+	log.Info("operator API serving", "addr", lis.Addr().String())
+	return gs, nil
+}
+
 // authenticator builds the identity mode of the configuration.
-func authenticator(ctx context.Context, cfg *config.Config, log *slog.Logger) (identity.Authenticator, error) {
+func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.KeyStore, log *slog.Logger) (identity.Authenticator, error) {
 	switch cfg.IdentityMode {
 	case "keys":
-		keys, err := identity.LoadKeys(cfg.KeysFile)
-		if err != nil {
-			return nil, fmt.Errorf("KEYS_FILE: %w", err)
+		var file *identity.KeysFile
+		if cfg.KeysFile != "" {
+			var err error
+			if file, err = identity.LoadKeys(cfg.KeysFile); err != nil {
+				return nil, fmt.Errorf("KEYS_FILE: %w", err)
+			}
 		}
-		go keys.Watch(ctx, 2*time.Second, log)
-		log.Info("identity: per-user keys", "keys", keys.Len(), "file", cfg.KeysFile)
-		return keys, nil
+		rctx, cancel := context.WithTimeout(ctx, cfg.RedisTimeout)
+		ring, err := identity.NewKeyring(rctx, file, keyStore)
+		cancel()
+		if err != nil {
+			// Redis down at start: the file's keys work; added ones load
+			// at the next refresh.
+			log.Warn("run-time keys not loaded yet", "err", err)
+			ring = identity.NewKeyringEmpty(file, keyStore)
+		}
+		go ring.Watch(ctx, 2*time.Second, log)
+		log.Info("identity: per-user keys", "file", cfg.KeysFile)
+		return ring, nil
 	case "mesh":
 		log.Info("identity: mesh workloads (SPIFFE ID of the client certificate)", "trust_xfcc", cfg.TrustXFCC)
 		return identity.Mesh{TrustXFCC: cfg.TrustXFCC}, nil

@@ -1,0 +1,117 @@
+package identity
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/aifirewall/aifirewall/billing"
+)
+
+// Keyring is per-user keys from the keys file (may be nil) together with
+// the keys added and revoked through the operator API, which live in the
+// budget store and are re-read every refresh interval: a revocation
+// reaches every sidecar within that interval.
+type Keyring struct {
+	file  *KeysFile
+	store billing.KeyStore
+
+	mu      sync.RWMutex
+	added   map[[32]byte]Caller
+	revoked map[[32]byte]bool
+}
+
+// NewKeyring reads the store's keys once; file may be nil.
+func NewKeyring(ctx context.Context, file *KeysFile, store billing.KeyStore) (*Keyring, error) {
+	k := &Keyring{file: file, store: store}
+	if err := k.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// NewKeyringEmpty is a keyring whose run-time keys load at the first
+// successful Refresh.
+func NewKeyringEmpty(file *KeysFile, store billing.KeyStore) *Keyring {
+	return &Keyring{file: file, store: store}
+}
+
+// Refresh re-reads the keys added and revoked at run time.
+func (k *Keyring) Refresh(ctx context.Context) error {
+	added, revoked, err := k.store.Keys(ctx)
+	if err != nil {
+		return err
+	}
+	a, r := map[[32]byte]Caller{}, map[[32]byte]bool{}
+	for sha, key := range added {
+		if d, ok := digest(sha); ok {
+			a[d] = Caller{User: key.User, Limit: key.Limit}
+		}
+	}
+	for sha := range revoked {
+		if d, ok := digest(sha); ok {
+			r[d] = true
+		}
+	}
+	k.mu.Lock()
+	k.added, k.revoked = a, r
+	k.mu.Unlock()
+	return nil
+}
+
+// Watch refreshes every interval until ctx ends, and watches the file.
+func (k *Keyring) Watch(ctx context.Context, interval time.Duration, log *slog.Logger) {
+	if k.file != nil {
+		go k.file.Watch(ctx, interval, log)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rctx, cancel := context.WithTimeout(ctx, interval)
+			if err := k.Refresh(rctx); err != nil {
+				log.Warn("run-time keys not refreshed; the previous set stays in force", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+func digest(sha string) ([32]byte, bool) {
+	var d [32]byte
+	b, err := hex.DecodeString(sha)
+	if err != nil || len(b) != 32 {
+		return d, false
+	}
+	copy(d[:], b)
+	return d, true
+}
+
+func (k *Keyring) Authenticate(r Request) (Caller, error) {
+	key, err := presentedKey(r)
+	if err != nil {
+		return Caller{}, err
+	}
+	h := sha256.Sum256([]byte(key))
+	k.mu.RLock()
+	revoked := k.revoked[h]
+	c, ok := k.added[h]
+	k.mu.RUnlock()
+	if revoked {
+		return Caller{}, fmt.Errorf("this API key was revoked; ask your gateway operator for a new one")
+	}
+	if ok {
+		return c, nil
+	}
+	if k.file != nil {
+		return k.file.Authenticate(r)
+	}
+	return Caller{}, errBadKey
+}

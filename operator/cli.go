@@ -1,0 +1,102 @@
+package operator
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	operatorv1 "github.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1"
+)
+
+const cliUsage = `usage: aifirewall admin [-addr host:port] COMMAND
+  usage USER [DAY]          a user's limit, spend and reservations (DAY: YYYY-MM-DD, default today)
+  users [DAY]               every user who spent on DAY
+  set-limit USER USD        set USER's daily limit; USD 0 clears the override
+  add-key USER [USD]        create a per-user key (printed once) with an optional daily limit
+  revoke-key SHA256         revoke a key by its SHA-256
+The admin token is read from ADMIN_TOKEN; the address defaults to OPERATOR_ADDR.`
+
+// RunCLI runs `aifirewall admin ARGS`, printing to out.
+func RunCLI(ctx context.Context, args []string, defaultAddr string, out io.Writer) error {
+	fs := flag.NewFlagSet("admin", flag.ContinueOnError)
+	addr := fs.String("addr", defaultAddr, "operator API address")
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+		return errors.New(cliUsage)
+	}
+	token := os.Getenv("ADMIN_TOKEN")
+	if token == "" {
+		return errors.New("ADMIN_TOKEN is not set; export the operator token first")
+	}
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *addr, err)
+	}
+	defer conn.Close()
+	c := operatorv1.NewOperatorServiceClient(conn)
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), 10*time.Second)
+	defer cancel()
+	a := fs.Args()
+	arg := func(i int) string {
+		if i < len(a) {
+			return a[i]
+		}
+		return ""
+	}
+	switch {
+	case a[0] == "usage" && len(a) >= 2:
+		u, err := c.GetUsage(ctx, &operatorv1.GetUsageRequest{User: a[1], Day: arg(2)})
+		if err != nil {
+			return err
+		}
+		printUsage(out, u)
+	case a[0] == "users":
+		r, err := c.ListUsers(ctx, &operatorv1.ListUsersRequest{Day: arg(1)})
+		if err != nil {
+			return err
+		}
+		printUsage(out, r.GetUsers()...)
+	case a[0] == "set-limit" && len(a) == 3:
+		r, err := c.SetLimit(ctx, &operatorv1.SetLimitRequest{User: a[1], DailyLimitUsd: a[2]})
+		if err != nil {
+			return err
+		}
+		printUsage(out, r.GetUsage())
+	case a[0] == "add-key" && len(a) >= 2:
+		r, err := c.AddKey(ctx, &operatorv1.AddKeyRequest{User: a[1], DailyLimitUsd: arg(2)})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "key:    %s\nsha256: %s\nThe key is shown once; give it to %s now.\n", r.GetKey(), r.GetSha256(), a[1])
+	case a[0] == "revoke-key" && len(a) == 2:
+		if _, err := c.RevokeKey(ctx, &operatorv1.RevokeKeyRequest{Sha256: a[1]}); err != nil {
+			return err
+		}
+		fmt.Fprintln(out, "revoked")
+	default:
+		return errors.New(cliUsage)
+	}
+	return nil
+}
+
+func printUsage(out io.Writer, us ...*operatorv1.Usage) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "USER\tDAY\tLIMIT_USD\tSPENT_USD\tRESERVED_USD")
+	for _, u := range us {
+		limit := u.GetLimitUsd()
+		if u.GetLimitOverridden() {
+			limit += " (override)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.GetUser(), u.GetDay(), limit, u.GetSpentUsd(), u.GetReservedUsd())
+	}
+	w.Flush()
+}
