@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -49,11 +50,12 @@ type Config struct {
 	// client certificate). Empty: "keys" when KEYS_FILE is set, else "shared".
 	IdentityMode string `env:"IDENTITY_MODE"`
 	// The operator API (gRPC), served only when ADMIN_TOKEN is set.
-	OperatorAddr string `env:"OPERATOR_ADDR" envDefault:":9091"`
-	AdminToken   string `env:"ADMIN_TOKEN"`
-	KeysFile     string `env:"KEYS_FILE"`
-	TrustXFCC    bool   `env:"TRUST_XFCC" envDefault:"false"`
-	LogLevel     string `env:"LOG_LEVEL" envDefault:"info"`
+	OperatorAddr   string `env:"OPERATOR_ADDR" envDefault:":9091"`
+	AdminToken     string `env:"ADMIN_TOKEN"`
+	KeysFile       string `env:"KEYS_FILE"`
+	TrustXFCC      bool   `env:"TRUST_XFCC" envDefault:"false"`
+	LogLevel       string `env:"LOG_LEVEL" envDefault:"info"`
+	MetricsPerUser bool   `env:"METRICS_PER_USER" envDefault:"false"`
 
 	// Settings of the generated Envoy configuration.
 	EnvoyTLSCert    string `env:"ENVOY_TLS_CERT_FILE"`
@@ -180,12 +182,18 @@ func perMTok(s string) (billing.Nanos, error) {
 	return n / 1_000_000, nil
 }
 
-// firstError keeps the first of env's aggregated errors: one line naming
-// the variable.
+// firstError keeps the first of env's aggregated errors as one line that
+// names the variable (env names the Go field).
 func firstError(err error) error {
 	var agg env.AggregateError
 	if errors.As(err, &agg) && len(agg.Errors) > 0 {
-		return agg.Errors[0]
+		err = agg.Errors[0]
+	}
+	var pe env.ParseError
+	if errors.As(err, &pe) {
+		if f, ok := reflect.TypeOf(Config{}).FieldByName(pe.Name); ok {
+			return fmt.Errorf("%s: %v", f.Tag.Get("env"), pe.Err)
+		}
 	}
 	return err
 }

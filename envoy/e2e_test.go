@@ -213,6 +213,16 @@ func TestUpstreamNeverSeesClientKey(t *testing.T) {
 	if !strings.Contains(r.Body, `"include_usage":true`) {
 		t.Fatalf("usage not requested upstream: %s", r.Body)
 	}
+	// Keys and prompts never reach the logs.
+	secretPrompt := strings.Replace(seedBody, "Hello!", "my-confidential-prompt-text", 1)
+	io.Copy(io.Discard, post(t, s, "/v1/chat/completions", testenv.ClientKey, secretPrompt, nil).Body)
+	io.Copy(io.Discard, post(t, s, "/v1/chat/completions", "a-wrong-key-value", secretPrompt, nil).Body)
+	time.Sleep(200 * time.Millisecond)
+	for _, secret := range []string{testenv.ClientKey, testenv.UpstreamKey, "a-wrong-key-value", "my-confidential-prompt-text"} {
+		if strings.Contains(s.Sidecar.Log(), secret) || strings.Contains(s.Envoy.AccessLog(), secret) {
+			t.Errorf("%q appears in the logs", secret)
+		}
+	}
 }
 
 func TestHealth(t *testing.T) {

@@ -18,6 +18,8 @@ type Metrics struct {
 	unpriced    prometheus.Counter
 	phase       *prometheus.HistogramVec
 	storeErrors *prometheus.CounterVec
+	open        prometheus.Gauge
+	userCost    *prometheus.CounterVec // nil unless per-user series are enabled
 }
 
 // Decisions a request can end its request phase with.
@@ -30,8 +32,9 @@ const (
 	decisionStoreUnavailable = "store_unavailable"
 )
 
-// NewMetrics registers the series with reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics registers the series with reg. perUser adds a cost series per
+// user: one series per budget holder, so off by default.
+func NewMetrics(reg prometheus.Registerer, perUser bool) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aifirewall_requests_total", Help: "Requests by admission decision.",
@@ -54,8 +57,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aifirewall_store_errors_total", Help: "Budget store calls that failed, by operation.",
 		}, []string{"op"}),
+		open: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aifirewall_reservations_open", Help: "Requests admitted by this sidecar whose reservation is not settled yet.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors)
+	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open)
+	if perUser {
+		m.userCost = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aifirewall_user_cost_usd_total", Help: "Spend billed, in USD, by user (METRICS_PER_USER).",
+		}, []string{"user"})
+		reg.MustRegister(m.userCost)
+	}
 	return m
 }
 
@@ -77,9 +89,18 @@ func (m *Metrics) storeError(op string) {
 	}
 }
 
-func (m *Metrics) settled(model string, priced bool, u billing.Usage, cost billing.Nanos) {
+func (m *Metrics) reservation(delta float64) {
+	if m != nil {
+		m.open.Add(delta)
+	}
+}
+
+func (m *Metrics) settled(user, model string, priced bool, u billing.Usage, cost billing.Nanos) {
 	if m == nil {
 		return
+	}
+	if m.userCost != nil {
+		m.userCost.WithLabelValues(user).Add(float64(cost) / float64(billing.NanosPerUSD))
 	}
 	if !priced {
 		model = "unpriced"

@@ -13,7 +13,7 @@ import (
 func TestMetricsDecisionsAndUnpricedModels(t *testing.T) {
 	h := newHarness(t, nil)
 	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg)
+	m := NewMetrics(reg, false)
 	h.srv.WithMetrics(m)
 
 	x := h.open(t)
@@ -35,6 +35,9 @@ func TestMetricsDecisionsAndUnpricedModels(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.requests.WithLabelValues(decisionAllowed)); got != 3 {
 		t.Errorf("allowed = %v", got)
+	}
+	if got := testutil.ToFloat64(m.open); got != 0 {
+		t.Errorf("reservations open after settling = %v", got)
 	}
 	if got := testutil.ToFloat64(m.unpriced); got != 2 {
 		t.Errorf("unpriced = %v", got)

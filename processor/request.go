@@ -179,6 +179,7 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 		return r.deny(decisionOverBudget, overBudget(bud, reset, now))
 	}
 	r.admitted = true
+	r.s.metrics.reservation(1)
 	r.s.metrics.decision(decisionAllowed)
 	r.log.Debug("admitted", "prompt_tokens", req.PromptTokens, "stream", req.Stream, "reserved_nanos", int64(estimate))
 
@@ -334,6 +335,7 @@ func (r *request) settle() {
 		return
 	}
 	r.settled = true
+	r.s.metrics.reservation(-1)
 	var u billing.Usage
 	var cost billing.Nanos
 	if r.meter != nil {
@@ -341,7 +343,7 @@ func (r *request) settle() {
 		r.usage = u
 		_, priced := r.s.prices.Lookup(r.req.Model)
 		cost = r.s.prices.For(r.req.Model).Cost(u)
-		r.s.metrics.settled(r.req.Model, priced, u, cost)
+		r.s.metrics.settled(r.user, r.req.Model, priced, u, cost)
 	}
 	r.cost = cost
 	r.log.Info("settled",

@@ -55,7 +55,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Auth: auth, Upstream: cfg.Provider, UpstreamKey: cfg.UpstreamAPIKey,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
 		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
-	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer))
+	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer, cfg.MetricsPerUser))
 
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {

@@ -1,0 +1,59 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/processor/provider"
+)
+
+func TestDefaultsAreTheSeeds(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.InternalAPIKey != "changeme-internal-key" || c.UpstreamBaseURL != "https://openrouter.ai/api" ||
+		c.RedisURL != "redis://redis:6379/0" || c.Limit != 5*billing.NanosPerUSD ||
+		c.ListenAddr != ":50051" || c.AdminAddr != ":9090" || c.Provider != provider.OpenRouter || c.IdentityMode != "shared" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestBadValuesNameTheVariable(t *testing.T) {
+	cases := map[string]string{
+		"DAILY_BUDGET_LIMIT": "five", "BUDGET_TIMEZONE": "Mars/Olympus", "UPSTREAM_BASE_URL": "ftp://x",
+		"UPSTREAM_PROVIDER": "acme", "BUDGET_STORE": "disk", "LISTEN_ADDR": "50051", "REDIS_TIMEOUT": "soon",
+		"LOG_LEVEL": "loud", "IDENTITY_MODE": "trust-me", "ADMIN_TOKEN": "short", "MAX_REQUEST_BODY_BYTES": "-1",
+		"FALLBACK_INPUT_PRICE_PER_MTOK": "cheap", "RESERVATION_TTL": "0s",
+	}
+	for name, value := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv(name, value)
+			_, err := Load("")
+			if err == nil || !strings.Contains(err.Error(), name) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("err = %v", err)
+			}
+		})
+	}
+}
+
+func TestEnvFileAndPrecedence(t *testing.T) {
+	f := filepath.Join(t.TempDir(), ".env")
+	os.WriteFile(f, []byte("DAILY_BUDGET_LIMIT=2.5\nUPSTREAM_BASE_URL=https://api.anthropic.com\nKEYS_FILE=/etc/keys.yaml\n"), 0o600)
+	t.Setenv("DAILY_BUDGET_LIMIT", "7")
+	c, err := Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Limit != 7*billing.NanosPerUSD {
+		t.Errorf("environment must win over .env: limit %s", c.Limit)
+	}
+	if c.Provider != provider.Anthropic || c.IdentityMode != "keys" {
+		t.Errorf("provider %s, identity %s", c.Provider, c.IdentityMode)
+	}
+	os.Unsetenv("UPSTREAM_BASE_URL")
+	os.Unsetenv("KEYS_FILE")
+}
