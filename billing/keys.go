@@ -23,9 +23,11 @@ type KeyStore interface {
 	Keys(ctx context.Context) (added map[string]APIKey, revoked map[string]bool, err error)
 }
 
+// Both key sets share a hash tag: AddKey and RevokeKey change them in one
+// transaction, which Redis Cluster allows only within one slot.
 const (
-	apiKeysKey     = "apikeys"
-	revokedKeysKey = "apikeys:revoked"
+	apiKeysKey     = "{apikeys}:added"
+	revokedKeysKey = "{apikeys}:revoked"
 )
 
 func usersKey(day string) string { return "users:" + day }

@@ -1,0 +1,52 @@
+package billing
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/aifirewall/aifirewall/internal/testenv"
+)
+
+// The scripts touch only one user's keys, which share a hash slot: they
+// must run on a real Redis Cluster, for users spread over all masters.
+func TestRedisClusterStore(t *testing.T) {
+	s, err := NewRedisStore(testenv.StartRedisCluster(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	for i := range 20 {
+		user := fmt.Sprintf("user-%d", i)
+		b, err := s.Admit(ctx, Admission{User: user, Day: "d", RequestID: "r", Amount: 500, Limit: 1000, TTL: time.Minute})
+		if err != nil || !b.Admitted {
+			t.Fatalf("%s admit: %+v %v", user, b, err)
+		}
+		if _, err := s.Settle(ctx, Settlement{User: user, Day: "d", RequestID: "r", Amount: 300}); err != nil {
+			t.Fatalf("%s settle: %v", user, err)
+		}
+		if err := s.SetLimit(ctx, user, 2000); err != nil {
+			t.Fatal(err)
+		}
+		b, err = s.Budget(ctx, user, "d", 1000)
+		if err != nil || b.Spent != 300 || b.Reserved != 0 || b.Limit != 2000 {
+			t.Fatalf("%s budget: %+v %v", user, b, err)
+		}
+	}
+	users, err := s.Users(ctx, "d")
+	if err != nil || len(users) != 20 {
+		t.Fatalf("users: %d %v", len(users), err)
+	}
+	if err := s.AddKey(ctx, fmt.Sprintf("%064x", 1), APIKey{User: "user-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RevokeKey(ctx, fmt.Sprintf("%064x", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if added, revoked, err := s.Keys(ctx); err != nil || len(added) != 1 || len(revoked) != 1 {
+		t.Fatalf("keys: %v %v %v", added, revoked, err)
+	}
+}
+
