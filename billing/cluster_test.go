@@ -49,4 +49,3 @@ func TestRedisClusterStore(t *testing.T) {
 		t.Fatalf("keys: %v %v %v", added, revoked, err)
 	}
 }
-
