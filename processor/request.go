@@ -167,6 +167,14 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	bud, err := r.s.store.Admit(sctx, billing.Admission{User: r.user, Day: r.day, RequestID: r.id,
 		Amount: estimate, Limit: limit, TTL: r.s.cfg.ReservationTTL})
 	cancel()
+	if err != nil && r.s.cfg.FailOpen {
+		// Fail open: forward unchecked; the settlement lands (or is
+		// spooled) and counts once the store is back.
+		r.s.metrics.storeError("admit")
+		r.log.Warn("budget store unavailable; admitting without a budget check (FAIL_MODE=open)", "err", err)
+		bud = billing.Budget{Admitted: true, Limit: limit}
+		err = nil
+	}
 	if err != nil {
 		r.s.metrics.storeError("admit")
 		r.log.Error("budget store unavailable", "err", err)
@@ -350,7 +358,7 @@ func (r *request) settle() {
 		"prompt_tokens", u.PromptTokens(), "completion_tokens", u.CompletionTokens(),
 		"cached_tokens", u.CacheRead, "reasoning_tokens", u.Reasoning,
 		"cost_nanos", int64(cost), "status", r.status, "complete", r.ended)
-	r.s.settle(billing.Settlement{User: r.user, Day: r.day, RequestID: r.id, Amount: cost}, r.log)
+	r.s.cfg.Settler.Settle(billing.Settlement{User: r.user, Day: r.day, RequestID: r.id, Amount: cost}, r.log)
 }
 
 // resolveUser names the budget holder: the caller's own identity when it

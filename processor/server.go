@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"sync"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -27,7 +26,12 @@ type Config struct {
 	DailyLimit   billing.Nanos // per user per budget day, unless the caller has its own
 	Location     *time.Location
 	StoreTimeout time.Duration // bound on each budget-store call
-	SettleTries  int           // attempts to write a settlement
+	// Settler writes settlements, queueing (and spooling) what the store
+	// cannot take; nil: one without a spool file.
+	Settler *billing.Settler
+	// FailOpen admits requests without a budget check while the store is
+	// unreachable (FAIL_MODE=open); their spend is billed when it returns.
+	FailOpen bool
 	// ReservationTTL bounds how long an admitted request holds its
 	// estimated cost when its settlement never comes (a crashed sidecar).
 	ReservationTTL time.Duration
@@ -48,7 +52,6 @@ type Server struct {
 	now     func() time.Time
 	metrics *Metrics // nil: no metrics
 
-	settling sync.WaitGroup
 }
 
 // New returns a processor. now may be nil for the wall clock.
@@ -62,8 +65,8 @@ func New(cfg Config, store billing.Store, prices *billing.Prices, tk *billing.To
 	if cfg.StoreTimeout <= 0 {
 		cfg.StoreTimeout = time.Second
 	}
-	if cfg.SettleTries <= 0 {
-		cfg.SettleTries = 3
+	if cfg.Settler == nil {
+		cfg.Settler, _ = billing.NewSettler(store, "", 100_000, cfg.StoreTimeout, log)
 	}
 	if cfg.ReservationTTL <= 0 {
 		cfg.ReservationTTL = 15 * time.Minute
@@ -108,44 +111,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	}
 }
 
-// settle writes a request's charge in the background, retrying, so the
-// Envoy stream is never held up by the store. Drain waits for these.
-func (s *Server) settle(set billing.Settlement, log *slog.Logger) {
-	s.settling.Go(func() {
-		var err error
-		for try := range s.cfg.SettleTries {
-			if try > 0 {
-				time.Sleep(time.Duration(try*try) * 100 * time.Millisecond)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
-			var applied bool
-			applied, err = s.store.Settle(ctx, set)
-			cancel()
-			if err != nil {
-				s.metrics.storeError("settle")
-			}
-			if err == nil {
-				if !applied {
-					log.Info("settlement already applied", "cost_nanos", int64(set.Amount))
-				}
-				return
-			}
-		}
-		log.Error("settlement lost", "cost_nanos", int64(set.Amount), "user", set.User, "day", set.Day, "err", err)
-	})
-}
-
-// Drain waits until every settlement started has been written, or ctx ends.
-func (s *Server) Drain(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() { s.settling.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+// Drain waits until every settlement started has been written or queued
+// in the spool, or ctx ends.
+func (s *Server) Drain(ctx context.Context) error { return s.cfg.Settler.Flush(ctx) }
 
 func phaseName(msg *extprocv3.ProcessingRequest) string {
 	switch msg.Request.(type) {

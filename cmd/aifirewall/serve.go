@@ -46,6 +46,20 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	settler, err := billing.NewSettler(store, cfg.SpoolFile, cfg.SpoolMax, cfg.RedisTimeout, log)
+	if err != nil {
+		return fmt.Errorf("SPOOL_FILE: %w", err)
+	}
+	defer settler.Close()
+	settleCtx, stopSettler := context.WithCancel(context.Background())
+	defer stopSettler()
+	go settler.Run(settleCtx)
+	lost := prometheus.NewCounter(prometheus.CounterOpts{Name: "aifirewall_settlements_lost_total",
+		Help: "Settlements dropped because the retry queue was full (SPOOL_MAX)."})
+	settler.OnLost = func(billing.Settlement) { lost.Inc() }
+	prometheus.MustRegister(lost, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aifirewall_settlements_queued",
+		Help: "Settlements waiting for the budget store (in the spool)."}, func() float64 { return float64(settler.Pending()) }))
+
 	keyStore, _ := store.(billing.KeyStore)
 	auth, err := authenticator(ctx, cfg, keyStore, log)
 	if err != nil {
@@ -55,6 +69,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Auth: auth, Upstream: cfg.Provider, UpstreamKey: cfg.UpstreamAPIKey,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
 		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
+		Settler: settler, FailOpen: cfg.FailMode == "open",
 	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer, cfg.MetricsPerUser))
 
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
@@ -107,7 +122,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		gs.Stop() // their streams end; each settles what it saw
 	}
 	if err := proc.Drain(deadline); err != nil {
-		log.Error("settlements still pending at exit", "err", err)
+		log.Error("settlements not written at exit; the spool replays them at the next start", "err", err)
 	}
 	_ = admin.Shutdown(deadline)
 	log.Info("stopped")

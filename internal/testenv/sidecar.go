@@ -66,6 +66,8 @@ func StartSidecar(t testing.TB, env ...string) *Sidecar {
 		"ADMIN_ADDR=" + s.AdminAddr,
 		"LOG_LEVEL=debug",
 		"SHUTDOWN_TIMEOUT=10s",
+		// Survives restarts of this sidecar, like a volume would.
+		"SPOOL_FILE=" + filepath.Join(t.TempDir(), "spool", "settlements.jsonl"),
 	}, env...)
 	s.Start()
 	t.Cleanup(func() {
