@@ -186,6 +186,7 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 		StatPrefix:        "llm_ingress",
 		CodecType:         hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier:    &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: routes},
+		LocalReplyConfig:  localReplies(o.MaxBodyBytes),
 		StreamIdleTimeout: durationpb.New(5 * time.Minute),
 		RequestTimeout:    durationpb.New(0),
 		UseRemoteAddress:  wrapperspb.Bool(true),

@@ -38,8 +38,12 @@ func TestRedisDownFailsClosed(t *testing.T) {
 		t.Fatalf("no answer with Redis down: %v", err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 503 || decodeError(t, resp).Error.Type != "service_unavailable" {
+	if resp.StatusCode != 503 {
 		t.Fatalf("status %d", resp.StatusCode)
+	}
+	// The sidecar's own answer, not rewritten by Envoy's local-reply mapper.
+	if e := decodeError(t, resp).Error; e.Code != "service_unavailable" || !strings.Contains(e.Message, "budget store") {
+		t.Fatalf("error %+v", e)
 	}
 	if n := len(s.Upstream.Requests()); n != 0 {
 		t.Fatalf("forwarded %d requests without a budget check", n)

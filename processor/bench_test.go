@@ -36,7 +36,7 @@ func BenchmarkRequestPhases(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		x := h.open(b)
 		start := time.Now()
-		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", fmt.Sprint(i))
+		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", fmt.Sprint(i))
 		if ir := x.requestBody(body).GetImmediateResponse(); ir != nil {
 			b.Fatalf("refused: %s", ir.GetBody())
 		}
@@ -53,7 +53,7 @@ func BenchmarkResponseChunk(b *testing.B) {
 		b.Run(fmt.Sprintf("strip=%v", injected), func(b *testing.B) {
 			h := newHarness(b, nil)
 			x := h.open(b)
-			x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", "bench")
+			x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", "bench")
 			body := `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}`
 			if injected {
 				body = `{"model":"gpt-4o-mini","stream":true,"messages":[]}`

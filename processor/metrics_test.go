@@ -20,7 +20,7 @@ func TestMetricsDecisionsAndUnpricedModels(t *testing.T) {
 	x.requestHeaders(":method", "POST", ":path", chatPath) // no key
 	for i, model := range []string{"acme/new-model", "acme/new-model", "gpt-4o-mini"} {
 		x := h.open(t)
-		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", string(rune('a'+i)), "x-user-id", string(rune('a'+i)))
+		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", string(rune('a'+i)), "x-user-id", string(rune('a'+i)))
 		x.requestBody(`{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]}`)
 		x.responseHeaders(":status", "200", "content-type", "application/json")
 		x.responseChunk(`{"usage":{"prompt_tokens":1000000,"completion_tokens":0}}`, true)

@@ -145,7 +145,8 @@ func immediateStatus(resp *extprocv3.ProcessingResponse) (int, string) {
 const chatPath = "/v1/chat/completions"
 
 func authed(extra ...string) []string {
-	return append([]string{":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", "r1"}, extra...)
+	return append([]string{":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", "r1",
+		"content-type", "application/json"}, extra...)
 }
 
 func TestRequestPhaseRejections(t *testing.T) {
@@ -169,6 +170,8 @@ func TestRequestPhaseRejections(t *testing.T) {
 		{"array body", authed(), `[1,2]`, 400, "JSON object"},
 		{"bad max_tokens", authed(), `{"model":"gpt-4o","messages":[],"max_tokens":"x"}`, 400, "max_tokens"},
 		{"brace in user", authed("x-user-id", "a}b"), `{"model":"gpt-4o","messages":[]}`, 400, "brace"},
+		{"form body", []string{":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/x-www-form-urlencoded"}, "", 415, "must be JSON"},
+		{"invalid utf-8", authed(), "{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", 400, "UTF-8"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -114,6 +114,10 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 	if ownBudget {
 		return r.budgetReply(ctx)
 	}
+	if ct := headerValue(hm, "content-type"); route.Endpoint != nil && !isJSON(ct) {
+		return r.deny(decisionBadRequest, &apiError{status: 415, Type: "invalid_request_error", Code: "unsupported_media_type",
+			Message: fmt.Sprintf("the request body must be JSON, sent with 'Content-Type: application/json' (got %q)", cleanPath(ct))})
+	}
 
 	// The client's credential never reaches the provider: drop it and
 	// present the upstream's. Identity encoding keeps the body readable.
@@ -421,6 +425,11 @@ func validUser(u string) *apiError {
 		}
 	}
 	return nil
+}
+
+func isJSON(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "application/json")
 }
 
 func firstNonEmpty(v ...string) string {

@@ -32,7 +32,7 @@ func chatStream(eol string, withUsage bool) string {
 func run(t *testing.T, h *harness, id, body, stream string, cuts []int) string {
 	t.Helper()
 	x := h.open(t)
-	x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", id, "x-user-id", "prop")
+	x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", id, "x-user-id", "prop")
 	if ir := x.requestBody(body).GetImmediateResponse(); ir != nil {
 		t.Fatalf("refused: %s", ir.GetBody())
 	}
@@ -108,7 +108,7 @@ func TestGzipStreamDecodedStrippedAndBilled(t *testing.T) {
 	h := newHarness(t, nil)
 	for i := 0; i <= len(comp); i++ {
 		x := h.open(t)
-		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "x-request-id", fmt.Sprint("gz", i), "x-user-id", "gz")
+		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", fmt.Sprint("gz", i), "x-user-id", "gz")
 		x.requestBody(body)
 		mut := x.responseHeaders(":status", "200", "content-type", "text/event-stream", "content-encoding", "gzip").
 			GetResponseHeaders().GetResponse().GetHeaderMutation()

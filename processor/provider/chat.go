@@ -3,6 +3,7 @@ package provider
 import (
 	"bytes"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
@@ -163,6 +164,9 @@ func toolCallsText(calls gjson.Result) string {
 
 // parseObject checks that body is one JSON object.
 func parseObject(body []byte) (gjson.Result, error) {
+	if !utf8.Valid(body) {
+		return gjson.Result{}, badRequest("", "the request body is not valid UTF-8; send UTF-8 encoded JSON")
+	}
 	if !gjson.ValidBytes(body) {
 		return gjson.Result{}, badRequest("", "the request body is not valid JSON; send a JSON object")
 	}
