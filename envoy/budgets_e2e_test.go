@@ -69,6 +69,7 @@ func TestConcurrentRequestsCannotOverspend(t *testing.T) {
 			req, _ := http.NewRequest("POST", s.Envoy.URL()+"/v1/chat/completions", strings.NewReader(cappedBody))
 			req.Header.Set("authorization", "Bearer "+testenv.ClientKey)
 			req.Header.Set("x-user-id", "swarm")
+			req.Header.Set("content-type", "application/json")
 			req.Header.Set("x-fake-delay-ms", "20")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {

@@ -33,6 +33,7 @@ func TestRedisDownFailsClosed(t *testing.T) {
 	client := &http.Client{Timeout: 10 * time.Second} // a hang fails the test
 	req, _ := http.NewRequest("POST", s.Envoy.URL()+"/v1/chat/completions", strings.NewReader(seedBody))
 	req.Header.Set("authorization", "Bearer "+testenv.ClientKey)
+	req.Header.Set("content-type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("no answer with Redis down: %v", err)

@@ -139,6 +139,7 @@ func TestMeshIdentityOverMTLS(t *testing.T) {
 	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(seedBody))
 	req.Header.Set("x-forwarded-client-cert", "By=spiffe://evil;URI=spiffe://example.org/ns/other/sa/victim")
 	req.Header.Set("x-user-id", workload)
+	req.Header.Set("content-type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
