@@ -2,7 +2,7 @@
 GO      ?= go
 PKGS    := ./...
 
-.PHONY: help build run demo test lint bench envoy prices proto fuzz clean
+.PHONY: help build run demo test lint bench soak envoy prices proto fuzz clean
 
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
@@ -13,6 +13,7 @@ help:
 	@echo "test   every test (real Redis and Envoy; CI=true fails instead of skipping)"
 	@echo "lint   gofmt and go vet"
 	@echo "bench  benchmarks (prompt counting, processor phases)"
+	@echo "soak   SOAK_CLIENTS streaming clients for SOAK_DURATION through Envoy (default 32, 2m)"
 	@echo "fuzz   run every fuzz target for FUZZTIME each (default 20s)"
 	@echo "prices regenerate billing/prices.json from ../shared/data/model_prices.json"
 	@echo "proto  regenerate proto-gen/ (buf, protoc-gen-go, protoc-gen-go-grpc via go run)"
@@ -39,6 +40,12 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+SOAK_CLIENTS ?= 32
+SOAK_DURATION ?= 2m
+soak:
+	ENVOY_BIN="$$(scripts/envoy-path.sh)" SOAK_CLIENTS=$(SOAK_CLIENTS) SOAK_DURATION=$(SOAK_DURATION) \
+	  $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 60m ./envoy/ | grep -E 'soak|requests|errors|billed|goroutines|PASS|FAIL|ok'
 
 FUZZTIME ?= 20s
 fuzz:
