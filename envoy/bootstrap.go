@@ -52,6 +52,9 @@ type Options struct {
 	// it requires client certificates (mTLS) and passes the caller's URI
 	// SAN (its SPIFFE ID) to the sidecar.
 	TLS struct{ CertFile, KeyFile, ClientCAFile string }
+	// WithoutFirewall leaves the ext_proc filter out: a plain proxy, for
+	// benchmarks that measure what the sidecar adds.
+	WithoutFirewall bool
 }
 
 const (
@@ -182,6 +185,13 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 		return nil, err
 	}
 	typed := func(m proto.Message) *anypb.Any { a, _ := anypb.New(m); return a }
+	filters := []*hcmv3.HttpFilter{
+		{Name: "envoy.filters.http.ext_proc", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}},
+		{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})}},
+	}
+	if o.WithoutFirewall {
+		filters = filters[1:]
+	}
 	return anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix:        "llm_ingress",
 		CodecType:         hcmv3.HttpConnectionManager_AUTO,
@@ -195,10 +205,7 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 			Name:       "envoy.access_loggers.stdout",
 			ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: accessLog},
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{
-			{Name: "envoy.filters.http.ext_proc", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}},
-			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})}},
-		},
+		HttpFilters: filters,
 	})
 }
 

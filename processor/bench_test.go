@@ -2,6 +2,7 @@ package processor
 
 import (
 	"fmt"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -71,4 +72,41 @@ func BenchmarkResponseChunk(b *testing.B) {
 			reportQuantiles(b, samples)
 		})
 	}
+}
+
+// BenchmarkHeapPerStream holds streams open mid-response and reports the
+// heap they take, per stream. The figure includes both ends of each
+// in-memory gRPC stream (Envoy's side too), so it overstates the sidecar's.
+func BenchmarkHeapPerStream(b *testing.B) {
+	const open = 200
+	h := newHarness(b, nil)
+	chunk := `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" word"}}]}` + "\n\n"
+	var perStream float64
+	time.Sleep(200 * time.Millisecond)
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var xs []*exchange
+		for i := range open {
+			x := h.open(b)
+			x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json",
+				"x-request-id", fmt.Sprint("heap", i), "x-user-id", "heap")
+			x.requestBody(`{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+			x.responseHeaders(":status", "200", "content-type", "text/event-stream")
+			for range 20 {
+				x.responseChunk(chunk, false)
+			}
+			xs = append(xs, x)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perStream = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / open
+		for _, x := range xs {
+			x.cancel()
+		}
+		// Let the cancelled streams unwind before the next measurement.
+		time.Sleep(200 * time.Millisecond)
+	}
+	b.ReportMetric(perStream/1024, "KiB/stream")
 }
