@@ -39,7 +39,7 @@ lint:
 	$(GO) vet $(PKGS)
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
 SOAK_CLIENTS ?= 32
 SOAK_DURATION ?= 2m

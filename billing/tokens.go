@@ -1,11 +1,13 @@
 package billing
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"strings"
 	"sync"
 	"unicode"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/pkoukk/tiktoken-go"
 	tiktokenloader "github.com/pkoukk/tiktoken-go-loader"
 )
@@ -16,10 +18,24 @@ import (
 // ordinary text are far shorter than this, so their counts are unchanged.
 const maxRun = 128
 
+// cacheMin is the shortest text whose count is cached: shorter ones are
+// cheaper to count than to hash.
+const cacheMin = 256
+
 // Tokenizer counts tokens with OpenAI's BPE encodings, loaded from the
 // ranks compiled into the binary: it never touches the network.
+//
+// Chat clients send the whole conversation on every turn, so most message
+// texts were counted before: counts of longer texts are kept in a bounded
+// LRU cache keyed by the text's SHA-256 and the encoding.
 type Tokenizer struct {
 	o200k, cl100k *tiktoken.Tiktoken
+	cache         *lru.Cache[cacheKey, int]
+}
+
+type cacheKey struct {
+	enc  byte
+	hash [32]byte
 }
 
 var setLoader sync.Once
@@ -37,7 +53,11 @@ func NewTokenizer() (*Tokenizer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load cl100k_base: %w", err)
 	}
-	return &Tokenizer{o200k: o, cl100k: c}, nil
+	cache, err := lru.New[cacheKey, int](8192)
+	if err != nil {
+		return nil, err
+	}
+	return &Tokenizer{o200k: o, cl100k: c, cache: cache}, nil
 }
 
 // EncodingFor names the encoding used for model. Models of the gpt-4 and
@@ -59,11 +79,11 @@ func EncodingFor(model string) string {
 	}
 }
 
-func (t *Tokenizer) encoding(model string) *tiktoken.Tiktoken {
+func (t *Tokenizer) encoding(model string) (*tiktoken.Tiktoken, byte) {
 	if EncodingFor(model) == "cl100k_base" {
-		return t.cl100k
+		return t.cl100k, 1
 	}
-	return t.o200k
+	return t.o200k, 0
 }
 
 // Count returns the number of tokens of text for model. Special-token
@@ -73,7 +93,20 @@ func (t *Tokenizer) Count(model, text string) int {
 	if text == "" {
 		return 0
 	}
-	enc := t.encoding(model)
+	enc, id := t.encoding(model)
+	if len(text) < cacheMin {
+		return count(enc, text)
+	}
+	key := cacheKey{enc: id, hash: sha256.Sum256([]byte(text))}
+	if n, ok := t.cache.Get(key); ok {
+		return n
+	}
+	n := count(enc, text)
+	t.cache.Add(key, n)
+	return n
+}
+
+func count(enc *tiktoken.Tiktoken, text string) int {
 	n, start := 0, 0
 	for _, cut := range longRunCuts(text) {
 		n += len(enc.EncodeOrdinary(text[start:cut]))

@@ -105,3 +105,19 @@ func TestCountChat(t *testing.T) {
 		t.Fatalf("named message = %d", named)
 	}
 }
+
+func TestCountCacheKeepsEncodingsApart(t *testing.T) {
+	tk := newTokenizer(t)
+	// Japanese takes far fewer tokens in o200k_base than in cl100k_base.
+	text := strings.Repeat("東京は日本の首都で、とても大きな都市です。", 20)
+	o, c := tk.Count("gpt-4o", text), tk.Count("gpt-4", text)
+	if o >= c {
+		t.Fatalf("o200k %d tokens, cl100k %d: the encodings are mixed up", o, c)
+	}
+	if tk.Count("gpt-4o", text) != o || tk.Count("gpt-4", text) != c {
+		t.Fatal("cached count crossed encodings")
+	}
+	if tk.cache.Len() != 2 {
+		t.Fatalf("cache holds %d entries", tk.cache.Len())
+	}
+}
