@@ -248,3 +248,19 @@ func TestHealth(t *testing.T) {
 		t.Fatalf("/readyz with Redis down = %d, want 503", resp.StatusCode)
 	}
 }
+
+// waitStatus posts the seed request with key until it gets want (key and
+// limit changes reach the sidecar within its refresh interval), and fails
+// with the last status after 10 s.
+func waitStatus(t *testing.T, s *testenv.Stack, key string, want int) {
+	t.Helper()
+	var got int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		r := post(t, s, "/v1/chat/completions", key, seedBody, nil)
+		io.Copy(io.Discard, r.Body)
+		if got = r.StatusCode; got == want {
+			return
+		}
+	}
+	t.Fatalf("status %d, want %d", got, want)
+}

@@ -2,7 +2,6 @@ package envoy_test
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"regexp"
@@ -45,17 +44,7 @@ func TestOperatorAPIAndCLI(t *testing.T) {
 		t.Fatalf("add-key printed %q", out)
 	}
 	// Added keys reach the sidecar at its next refresh (2s).
-	var code int
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		r := post(t, s, "/v1/chat/completions", key[1], seedBody, nil)
-		io.Copy(io.Discard, r.Body)
-		if code = r.StatusCode; code == 200 {
-			break
-		}
-	}
-	if code != 200 {
-		t.Fatalf("request with the new key: %d", code)
-	}
+	waitStatus(t, s, key[1], 200)
 	s.WaitSpent(t, today("alice"), reqCost)
 
 	out, err = admin(t, opAddr, adminToken, "usage", "alice")
@@ -79,16 +68,7 @@ func TestOperatorAPIAndCLI(t *testing.T) {
 	if _, err = admin(t, opAddr, adminToken, "revoke-key", sha[1]); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		r := post(t, s, "/v1/chat/completions", key[1], seedBody, nil)
-		io.Copy(io.Discard, r.Body)
-		if code = r.StatusCode; code == 401 {
-			break
-		}
-	}
-	if code != 401 {
-		t.Fatalf("revoked key: %d", code)
-	}
+	waitStatus(t, s, key[1], 401)
 	if strings.Contains(s.Sidecar.Log(), key[1]) {
 		t.Fatal("the key appears in the sidecar's log")
 	}

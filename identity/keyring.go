@@ -63,25 +63,19 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 	return nil
 }
 
-// Watch refreshes every interval until ctx ends, and watches the file.
+// Watch re-reads the keys file and the run-time keys every interval until
+// ctx ends.
 func (k *Keyring) Watch(ctx context.Context, interval time.Duration, log *slog.Logger) {
-	if k.file != nil {
-		go k.file.Watch(ctx, interval, log)
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, interval)
-			if err := k.Refresh(rctx); err != nil {
-				log.Warn("run-time keys not refreshed; the previous set stays in force", "err", err)
-			}
-			cancel()
+	every(ctx, interval, func() {
+		if k.file != nil {
+			k.file.reloadLogged(log)
 		}
-	}
+		rctx, cancel := context.WithTimeout(ctx, interval)
+		defer cancel()
+		if err := k.Refresh(rctx); err != nil {
+			log.Warn("run-time keys not refreshed; the previous set stays in force", "err", err)
+		}
+	})
 }
 
 func digest(sha string) ([32]byte, bool) {

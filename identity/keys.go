@@ -104,6 +104,21 @@ func parseKeys(raw []byte) (map[[32]byte]Caller, error) {
 
 // Watch re-reads the file every interval until ctx ends.
 func (k *KeysFile) Watch(ctx context.Context, interval time.Duration, log *slog.Logger) {
+	every(ctx, interval, func() { k.reloadLogged(log) })
+}
+
+func (k *KeysFile) reloadLogged(log *slog.Logger) {
+	changed, err := k.reload()
+	switch {
+	case err != nil:
+		log.Error("keys file not reloaded; the previous keys stay in force", "err", err)
+	case changed:
+		log.Info("keys file reloaded", "keys", k.Len())
+	}
+}
+
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -111,13 +126,7 @@ func (k *KeysFile) Watch(ctx context.Context, interval time.Duration, log *slog.
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			changed, err := k.reload()
-			switch {
-			case err != nil:
-				log.Error("keys file not reloaded; the previous keys stay in force", "err", err)
-			case changed:
-				log.Info("keys file reloaded", "keys", k.Len())
-			}
+			fn()
 		}
 	}
 }

@@ -76,13 +76,7 @@ func (m *chatMeter) Event(ev sse.Event) bool {
 		return false
 	}
 	chunk := gjson.ParseBytes(ev.Data)
-	for _, ch := range chunk.Get("choices").Array() {
-		d := ch.Get("delta")
-		m.out.add(d.Get("content").String())
-		m.out.add(d.Get("reasoning").String())
-		m.out.add(d.Get("reasoning_content").String())
-		m.out.add(toolCallsText(d.Get("tool_calls")))
-	}
+	m.addChoices(chunk, "delta")
 	u := chunk.Get("usage")
 	if !u.IsObject() {
 		return false
@@ -94,15 +88,21 @@ func (m *chatMeter) Event(ev sse.Event) bool {
 
 func (m *chatMeter) Body(body []byte) {
 	root := gjson.ParseBytes(body)
+	m.addChoices(root, "message")
+	if u := root.Get("usage"); u.IsObject() {
+		m.setUsage(u)
+	}
+}
+
+// addChoices keeps the generated text of each choice's delta (streamed)
+// or message (JSON), for counting when no usage comes.
+func (m *chatMeter) addChoices(root gjson.Result, field string) {
 	for _, ch := range root.Get("choices").Array() {
-		msg := ch.Get("message")
+		msg := ch.Get(field)
 		m.out.add(msg.Get("content").String())
 		m.out.add(msg.Get("reasoning").String())
 		m.out.add(msg.Get("reasoning_content").String())
 		m.out.add(toolCallsText(msg.Get("tool_calls")))
-	}
-	if u := root.Get("usage"); u.IsObject() {
-		m.setUsage(u)
 	}
 }
 
