@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -378,73 +377,4 @@ func (r *request) resolveUser() *apiError {
 	}
 	r.user = firstNonEmpty(r.headerUser, r.req.User, "default")
 	return validUser(r.user)
-}
-
-func overBudget(b billing.Budget, reset, now time.Time) *apiError {
-	wait := int64(reset.Sub(now).Round(time.Second) / time.Second)
-	inFlight := ""
-	if b.Reserved > 0 {
-		inFlight = fmt.Sprintf(" (plus %s held by requests in flight)", b.Reserved)
-	}
-	return &apiError{status: 402, Type: "budget_exceeded", Code: "budget_exceeded",
-		Message: fmt.Sprintf("daily budget exceeded: spent %s%s of a %s limit today; the budget resets at %s (in %ds). Ask your gateway operator to raise the limit, or retry after the reset.",
-			b.Spent, inFlight, b.Limit, reset.UTC().Format(time.RFC3339), wait),
-		headers: map[string]string{"retry-after": strconv.FormatInt(max(wait, 1), 10)}}
-}
-
-// bodyResponse answers a request body phase, replacing the body when body
-// is not nil.
-func bodyResponse(body []byte, mut *extprocv3.HeaderMutation) *extprocv3.ProcessingResponse {
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
-		RequestBody: &extprocv3.BodyResponse{Response: commonBody(body, mut)}}}
-}
-
-// responseBody answers a response body chunk, replacing it when body is
-// not nil.
-func responseBody(body []byte) *extprocv3.ProcessingResponse {
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
-		ResponseBody: &extprocv3.BodyResponse{Response: commonBody(body, nil)}}}
-}
-
-func commonBody(body []byte, mut *extprocv3.HeaderMutation) *extprocv3.CommonResponse {
-	common := &extprocv3.CommonResponse{HeaderMutation: mut}
-	if body != nil {
-		common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
-	}
-	return common
-}
-
-// validUser rejects user ids that could not be a budget key.
-func validUser(u string) *apiError {
-	if len(u) > 256 {
-		return invalidRequest("user", "the user id is longer than 256 bytes; send a shorter x-user-id or 'user'")
-	}
-	for _, c := range u {
-		if unicode.IsControl(c) || c == '{' || c == '}' {
-			return invalidRequest("user", "the user id contains a control character or a brace; use letters, digits and punctuation")
-		}
-	}
-	return nil
-}
-
-func isJSON(contentType string) bool {
-	mt, _, _ := strings.Cut(contentType, ";")
-	return strings.EqualFold(strings.TrimSpace(mt), "application/json")
-}
-
-func firstNonEmpty(v ...string) string {
-	for _, s := range v {
-		if s != "" {
-			return s
-		}
-	}
-	return ""
-}
-
-func cleanPath(p string) string {
-	p, _, _ = strings.Cut(p, "?")
-	if len(p) > 100 {
-		p = p[:100] + "…"
-	}
-	return p
 }
