@@ -191,6 +191,16 @@ func TestRequestPhaseRejections(t *testing.T) {
 	}
 }
 
+func TestBilledEndpointWithoutBodyIsRefused(t *testing.T) {
+	h := newHarness(t, nil)
+	x := h.open(t)
+	resp := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: headersMsg(true, authed()...)}})
+	if st, body := immediateStatus(resp); st != 400 || !strings.Contains(body, "no body") {
+		t.Fatalf("got %d %s", st, body)
+	}
+}
+
 func TestCredentialSwap(t *testing.T) {
 	h := newHarness(t, nil)
 	x := h.open(t)

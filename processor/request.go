@@ -54,7 +54,6 @@ type request struct {
 	body      []byte // a JSON response body, collected for metering
 	overflow  bool
 	gz        *inflater // set when the upstream answered gzip despite identity
-	responded bool      // response headers seen: the upstream answered
 	ended     bool      // response end of stream seen
 	settled   bool
 	usage     billing.Usage // as settled
@@ -115,7 +114,11 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 	}
 	if ct := headerValue(hm, "content-type"); route.Endpoint != nil && !isJSON(ct) {
 		return r.deny(decisionBadRequest, &apiError{status: 415, Type: "invalid_request_error", Code: "unsupported_media_type",
-			Message: fmt.Sprintf("the request body must be JSON, sent with 'Content-Type: application/json' (got %q)", cleanPath(ct))})
+			Message: fmt.Sprintf("the request body must be JSON, sent with 'Content-Type: application/json' (got %q)", clip(ct))})
+	}
+	if route.Endpoint != nil && h.GetEndOfStream() {
+		// Nothing to count or check: never forward it unmetered.
+		return r.deny(decisionBadRequest, invalidRequest("", "the request has no body; send the JSON request body"))
 	}
 
 	// The client's credential never reaches the provider: drop it and
@@ -208,7 +211,6 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 
 func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	hm := h.GetHeaders()
-	r.responded = true
 	r.status = statusOf(hm)
 	r.sse = strings.HasPrefix(headerValue(hm, "content-type"), "text/event-stream")
 	if r.req != nil && r.billable() {

@@ -178,10 +178,16 @@ func firstNonEmpty(v ...string) string {
 	return ""
 }
 
+// cleanPath is a path without its query, clipped for messages.
 func cleanPath(p string) string {
 	p, _, _ = strings.Cut(p, "?")
-	if len(p) > 100 {
-		p = p[:100] + "…"
+	return clip(p)
+}
+
+// clip shortens a client-supplied value echoed in an error message.
+func clip(s string) string {
+	if len(s) > 100 {
+		return strings.ToValidUTF8(s[:100], "") + "…"
 	}
-	return p
+	return s
 }
