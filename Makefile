@@ -1,5 +1,8 @@
 # AI Firewall. `make help` lists the targets.
 GO      ?= go
+SHELL   := /bin/bash
+# A recipe that pipes (soak) fails when its test fails, not only its filter.
+.SHELLFLAGS := -o pipefail -c
 PKGS    := ./...
 
 .PHONY: help build run demo test lint bench soak envoy prices proto fuzz clean
