@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	_ "time/tzdata" // BUDGET_TIMEZONE works in a minimal image with no zone files
 
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/envoy"
