@@ -2,7 +2,10 @@ package billing
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -26,7 +29,13 @@ type RedisStore struct {
 //
 // with rediss+sentinel:// and rediss+cluster:// for TLS. It does not wait
 // for Redis to answer: use Ping for that.
-func NewRedisStore(url string) (*RedisStore, error) {
+func NewRedisStore(url string, opts ...RedisOption) (*RedisStore, error) {
+	var tlsc *tls.Config
+	for _, o := range opts {
+		if err := o(&tlsc); err != nil {
+			return nil, err
+		}
+	}
 	scheme, rest, ok := strings.Cut(url, "://")
 	if !ok {
 		return nil, fmt.Errorf("%q is not a redis:// URL", redactURL(url))
@@ -43,23 +52,59 @@ func NewRedisStore(url string) (*RedisStore, error) {
 		if err != nil {
 			return nil, fmt.Errorf("parse redis URL: %w", err)
 		}
+		opt.TLSConfig = withCA(opt.TLSConfig, tlsc)
 		rdb = redis.NewClient(opt)
 	case "sentinel":
 		opt, err := redis.ParseFailoverURL(plain)
 		if err != nil {
 			return nil, fmt.Errorf("parse sentinel URL: %w", err)
 		}
+		opt.TLSConfig = withCA(opt.TLSConfig, tlsc)
 		rdb = redis.NewFailoverClient(opt)
 	case "cluster":
 		opt, err := redis.ParseClusterURL(plain)
 		if err != nil {
 			return nil, fmt.Errorf("parse cluster URL: %w", err)
 		}
+		opt.TLSConfig = withCA(opt.TLSConfig, tlsc)
 		rdb = redis.NewClusterClient(opt)
 	default:
 		return nil, fmt.Errorf("scheme %q: want redis, redis+sentinel or redis+cluster", scheme)
 	}
 	return &RedisStore{rdb: rdb}, nil
+}
+
+// RedisOption adjusts how the store connects.
+type RedisOption func(*(*tls.Config)) error
+
+// WithCAFile trusts the CA certificates in file (PEM) for rediss:// URLs,
+// for a Redis whose certificate a private CA signed.
+func WithCAFile(file string) RedisOption {
+	return func(c **tls.Config) error {
+		if file == "" {
+			return nil
+		}
+		pem, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("read Redis CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("Redis CA file %s holds no PEM certificate", file)
+		}
+		*c = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		return nil
+	}
+}
+
+// withCA applies the CA of opts to the TLS configuration a rediss:// URL
+// produced (nil for plain redis://, which stays plain).
+func withCA(url, opts *tls.Config) *tls.Config {
+	if url == nil || opts == nil {
+		return url
+	}
+	url.RootCAs = opts.RootCAs
+	return url
 }
 
 // redactURL hides a password in a URL for error messages.

@@ -30,6 +30,7 @@ type Config struct {
 	UpstreamAPIKey   string `env:"UPSTREAM_API_KEY"`
 	UpstreamProvider string `env:"UPSTREAM_PROVIDER"`
 	RedisURL         string `env:"REDIS_URL" envDefault:"redis://redis:6379/0"`
+	RedisCAFile      string `env:"REDIS_CA_FILE"`
 	// BudgetStore: "redis" (production), "memory" (this process only) or
 	// "auto" (Redis when it answers at start, else memory, with a warning).
 	BudgetStore      string        `env:"BUDGET_STORE" envDefault:"redis"`

@@ -1,23 +1,13 @@
 package envoy_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/identity"
@@ -64,68 +54,18 @@ func TestPerUserKeys(t *testing.T) {
 	}
 }
 
-// pki is a throwaway CA with a server certificate for 127.0.0.1 and a
-// client certificate carrying a SPIFFE ID.
-type pki struct {
-	dir                       string
-	caPool                    *x509.CertPool
-	client                    tls.Certificate
-	caFile, certFile, keyFile string
-}
-
-func newPKI(t *testing.T, spiffe string) *pki {
-	t.Helper()
-	p := &pki{dir: t.TempDir()}
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	p.caPool = x509.NewCertPool()
-	p.caPool.AddCert(ca)
-	issue := func(serial int64, tmpl *x509.Certificate) ([]byte, *ecdsa.PrivateKey) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = big.NewInt(serial), time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der, key
-	}
-	pemFile := func(name, typ string, der []byte) string {
-		f := filepath.Join(p.dir, name)
-		os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
-		return f
-	}
-	p.caFile = pemFile("ca.pem", "CERTIFICATE", caDER)
-	srvDER, srvKey := issue(2, &x509.Certificate{Subject: pkix.Name{CommonName: "gateway"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	p.certFile = pemFile("server.pem", "CERTIFICATE", srvDER)
-	keyDER, _ := x509.MarshalECPrivateKey(srvKey)
-	p.keyFile = pemFile("server-key.pem", "EC PRIVATE KEY", keyDER)
-	id, _ := url.Parse(spiffe)
-	cliDER, cliKey := issue(3, &x509.Certificate{Subject: pkix.Name{CommonName: "workload"},
-		URIs: []*url.URL{id}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-	p.client = tls.Certificate{Certificate: [][]byte{cliDER}, PrivateKey: cliKey}
-	return p
-}
-
 // Mesh mode: Envoy terminates mTLS, the workload's SPIFFE ID holds the
 // budget, and a forged x-forwarded-client-cert changes nothing.
 func TestMeshIdentityOverMTLS(t *testing.T) {
 	const workload = "spiffe://example.org/ns/billing/sa/reporter"
-	p := newPKI(t, workload)
+	p := testenv.NewPKI(t, workload)
 	o := envoy.Options{}
-	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = p.certFile, p.keyFile, p.caFile
+	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = p.CertFile, p.KeyFile, p.CAFile
 	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{"IDENTITY_MODE=mesh", "TRUST_XFCC=true"}, Envoy: o})
 	base := strings.Replace(s.Envoy.URL(), "http://", "https://", 1)
 
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		RootCAs: p.caPool, Certificates: []tls.Certificate{p.client}}}}
+		RootCAs: p.CAPool, Certificates: []tls.Certificate{p.Client}}}}
 	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(seedBody))
 	req.Header.Set("x-forwarded-client-cert", "By=spiffe://evil;URI=spiffe://example.org/ns/other/sa/victim")
 	req.Header.Set("x-user-id", workload)
@@ -144,7 +84,7 @@ func TestMeshIdentityOverMTLS(t *testing.T) {
 		t.Fatalf("forged XFCC billed the victim %d", got)
 	}
 	// Without a client certificate there is no connection at all.
-	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.caPool}}}
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.CAPool}}}
 	if r, err := anon.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(seedBody)); err == nil {
 		r.Body.Close()
 		t.Fatalf("request without a client certificate answered %d", r.StatusCode)

@@ -134,7 +134,7 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (billi
 		log.Warn("BUDGET_STORE=memory: budgets live in this process only and are lost on restart")
 		return billing.NewMemStore(), nil
 	}
-	rs, err := billing.NewRedisStore(cfg.RedisURL)
+	rs, err := billing.NewRedisStore(cfg.RedisURL, billing.WithCAFile(cfg.RedisCAFile))
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}

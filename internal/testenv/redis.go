@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -100,4 +101,49 @@ func StartRedisCluster(t testing.TB) string {
 		}
 	}
 	return "redis+cluster://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2]
+}
+
+// StartRedisTLS starts redis-server serving TLS only, with a certificate
+// from p, and returns its rediss:// URL.
+func StartRedisTLS(t testing.TB, p *PKI) string {
+	t.Helper()
+	bin := lookPath("redis-server")
+	if bin == "" {
+		Missing(t, "redis-server", "install it with `apt-get install redis-server`")
+	}
+	port := FreePort(t)
+	cmd := exec.Command(bin, "--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--tls-cert-file", p.CertFile, "--tls-key-file", p.KeyFile, "--tls-ca-cert-file", p.CAFile,
+		"--tls-auth-clients", "no", "--save", "", "--appendonly", "no")
+	var log logBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server with TLS: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	WaitTCP(t, addr, 10*time.Second)
+	return "rediss://" + addr + "/0"
+}
+
+// StartRedisSentinel starts a master and one Sentinel watching it as
+// "mymaster", and returns a redis+sentinel:// URL.
+func StartRedisSentinel(t testing.TB) string {
+	t.Helper()
+	master := StartRedis(t)
+	port := FreePort(t)
+	conf := fmt.Sprintf("%s/sentinel.conf", t.TempDir())
+	body := fmt.Sprintf("port %d\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 %d 1\n", port, master.Port)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(master.bin, conf, "--sentinel")
+	var log logBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sentinel: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second)
+	return fmt.Sprintf("redis+sentinel://127.0.0.1:%d?master_name=mymaster", port)
 }

@@ -49,3 +49,46 @@ func TestRedisClusterStore(t *testing.T) {
 		t.Fatalf("keys: %v %v %v", added, revoked, err)
 	}
 }
+
+// exercise runs one user's admission, settlement and read against s.
+func exercise(t *testing.T, s *RedisStore) {
+	t.Helper()
+	ctx := context.Background()
+	if b, err := s.Admit(ctx, Admission{User: "u", Day: "d", RequestID: "r", Amount: 10, Limit: 100, TTL: time.Minute}); err != nil || !b.Admitted {
+		t.Fatalf("admit: %+v %v", b, err)
+	}
+	if _, err := s.Settle(ctx, Settlement{User: "u", Day: "d", RequestID: "r", Amount: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.Budget(ctx, "u", "d", 100); err != nil || b.Spent != 7 || b.Reserved != 0 {
+		t.Fatalf("budget: %+v %v", b, err)
+	}
+}
+
+// rediss:// to a Redis whose certificate a private CA signed (REDIS_CA_FILE).
+func TestRedisTLSStore(t *testing.T) {
+	p := testenv.NewPKI(t, "")
+	url := testenv.StartRedisTLS(t, p)
+	if s, err := NewRedisStore(url); err == nil {
+		if err := s.Ping(context.Background()); err == nil {
+			t.Fatal("a certificate from an unknown CA was accepted")
+		}
+		s.Close()
+	}
+	s, err := NewRedisStore(url, WithCAFile(p.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	exercise(t, s)
+}
+
+// redis+sentinel:// finds the master through a real Sentinel.
+func TestRedisSentinelStore(t *testing.T) {
+	s, err := NewRedisStore(testenv.StartRedisSentinel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	exercise(t, s)
+}
