@@ -46,19 +46,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	settler, err := billing.NewSettler(store, cfg.SpoolFile, cfg.SpoolMax, cfg.RedisTimeout, log)
+	settler, stopSettler, err := startSettler(cfg, store, log)
 	if err != nil {
-		return fmt.Errorf("SPOOL_FILE: %w", err)
+		return err
 	}
-	defer settler.Close()
-	settleCtx, stopSettler := context.WithCancel(context.Background())
 	defer stopSettler()
-	go settler.Run(settleCtx)
-	lost := prometheus.NewCounter(prometheus.CounterOpts{Name: "aifirewall_settlements_lost_total",
-		Help: "Settlements dropped because the retry queue was full (SPOOL_MAX)."})
-	settler.OnLost = func(billing.Settlement) { lost.Inc() }
-	prometheus.MustRegister(lost, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aifirewall_settlements_queued",
-		Help: "Settlements waiting for the budget store (in the spool)."}, func() float64 { return float64(settler.Pending()) }))
 
 	keyStore, _ := store.(billing.KeyStore)
 	auth, err := authenticator(ctx, cfg, keyStore, log)
@@ -173,6 +165,23 @@ func adminMux(store billing.Store, timeout time.Duration) *http.ServeMux {
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// startSettler opens the spool and retries what it holds in the background
+// until stop; its backlog and losses are exported as metrics.
+func startSettler(cfg *config.Config, store billing.Store, log *slog.Logger) (*billing.Settler, func(), error) {
+	settler, err := billing.NewSettler(store, cfg.SpoolFile, cfg.SpoolMax, cfg.RedisTimeout, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("SPOOL_FILE: %w", err)
+	}
+	lost := prometheus.NewCounter(prometheus.CounterOpts{Name: "aifirewall_settlements_lost_total",
+		Help: "Settlements dropped because the retry queue was full (SPOOL_MAX)."})
+	settler.OnLost = func(billing.Settlement) { lost.Inc() }
+	prometheus.MustRegister(lost, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "aifirewall_settlements_queued",
+		Help: "Settlements waiting for the budget store (in the spool)."}, func() float64 { return float64(settler.Pending()) }))
+	ctx, cancel := context.WithCancel(context.Background())
+	go settler.Run(ctx)
+	return settler, func() { cancel(); settler.Close() }, nil
 }
 
 // operatorServer serves the operator API on OPERATOR_ADDR.
