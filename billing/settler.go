@@ -33,6 +33,10 @@ type Settler struct {
 	pending []Settlement
 	file    *os.File
 
+	// retrying serialises retry rounds (Run's and Flush's): two rounds on
+	// one batch would each remove it from the queue.
+	retrying sync.Mutex
+
 	inflight sync.WaitGroup
 	wake     chan struct{}
 }
@@ -154,6 +158,8 @@ func (s *Settler) Run(ctx context.Context) {
 // retry applies queued settlements in order until one fails; it reports
 // whether the queue is empty afterwards.
 func (s *Settler) retry(ctx context.Context) bool {
+	s.retrying.Lock()
+	defer s.retrying.Unlock()
 	s.mu.Lock()
 	batch := append([]Settlement(nil), s.pending...)
 	s.mu.Unlock()

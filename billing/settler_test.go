@@ -2,6 +2,7 @@ package billing
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -113,4 +114,29 @@ type downSettle struct{ Store }
 
 func (downSettle) Settle(context.Context, Settlement) (bool, error) {
 	return false, context.DeadlineExceeded
+}
+
+// Run and Flush may retry at the same time (a shutdown while Redis comes
+// back): every queued settlement still lands exactly once.
+func TestSettlerConcurrentRetries(t *testing.T) {
+	store := NewMemStore()
+	s, err := NewSettler(store, filepath.Join(t.TempDir(), "s.jsonl"), 1000, time.Second, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 200 {
+		s.enqueue(Settlement{User: "u", Day: "d", RequestID: fmt.Sprint(i), Amount: 1}, quiet)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	for range 5 {
+		s.Flush(context.Background())
+	}
+	cancel()
+	<-done
+	if b, _ := store.Budget(context.Background(), "u", "d", 1000); b.Spent != 200 || s.Pending() != 0 {
+		t.Fatalf("spent %d, pending %d", b.Spent, s.Pending())
+	}
 }
