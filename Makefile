@@ -35,7 +35,7 @@ envoy:
 	@scripts/envoy-path.sh
 
 test:
-	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -count=1 -timeout 20m $(PKGS)
+	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -race -count=1 -timeout 30m $(PKGS)
 
 lint:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

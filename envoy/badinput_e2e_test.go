@@ -75,8 +75,9 @@ func TestBadInputGetsClearErrors(t *testing.T) {
 func TestTenMegabytePromptIsCounted(t *testing.T) {
 	const limit = 12 << 20
 	s := testenv.StartStack(t, testenv.StackOptions{
-		Env:   []string{"MAX_REQUEST_BODY_BYTES=12582912"},
-		Envoy: envoy.Options{MaxBodyBytes: limit},
+		Env: []string{"MAX_REQUEST_BODY_BYTES=12582912"},
+		// Generous: under the race detector counting runs several times slower.
+		Envoy: envoy.Options{MaxBodyBytes: limit, MessageTimeout: time.Minute},
 	})
 	huge := `{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"` + strings.Repeat("a", 10<<20) + `"}]}`
 	client := &http.Client{Timeout: 60 * time.Second}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -28,7 +29,11 @@ func SidecarBinary(t testing.TB) string {
 			return
 		}
 		builtBin = filepath.Join(dir, "aifirewall")
-		cmd := exec.Command("go", "build", "-o", builtBin, "./cmd/aifirewall")
+		args := []string{"build", "-o", builtBin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, "./cmd/aifirewall")...)
 		cmd.Dir = RepoRoot(t)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
@@ -72,6 +77,9 @@ func StartSidecar(t testing.TB, env ...string) *Sidecar {
 	s.Start()
 	t.Cleanup(func() {
 		s.Kill()
+		if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector reported a data race in the sidecar:\n%s", tail(s.log.String(), 80))
+		}
 		if t.Failed() {
 			t.Logf("sidecar output (tail):\n%s", tail(s.log.String(), 40))
 		}
