@@ -201,18 +201,7 @@ func (r *recorder) WriteHeader(int)             {}
 
 func TestSigtermFinishesStreamAndBills(t *testing.T) {
 	s := testenv.StartStack(t, testenv.StackOptions{})
-	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody,
-		map[string]string{"x-fake-gate": "term", "x-fake-gate-after": "2", "x-user-id": "draining"})
-	br := bufio.NewReader(resp.Body)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.Contains(line, `"content":" I"`) {
-			break
-		}
-	}
+	br := gatedStream(t, s, "draining", "term", 2) // "Hello! I"
 	exited := make(chan error, 1)
 	go func() { exited <- s.Sidecar.Terminate(30 * time.Second) }()
 	time.Sleep(300 * time.Millisecond) // SIGTERM lands while the stream is open

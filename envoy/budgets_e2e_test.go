@@ -36,16 +36,7 @@ type budgetReport struct {
 
 func getBudget(t *testing.T, s *testenv.Stack, key string, headers map[string]string) (int, budgetReport) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", s.Envoy.URL()+"/v1/budget", nil)
-	req.Header.Set("authorization", "Bearer "+key)
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := send(t, s, "GET", "/v1/budget", key, nil, headers)
 	var b budgetReport
 	if resp.StatusCode == 200 {
 		if err := json.NewDecoder(resp.Body).Decode(&b); err != nil {

@@ -34,11 +34,20 @@ const seedBody = `{
 
 func post(t *testing.T, s *testenv.Stack, path, key, body string, headers map[string]string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequest("POST", s.Envoy.URL()+path, strings.NewReader(body))
+	return send(t, s, "POST", path, key, strings.NewReader(body), headers)
+}
+
+// send makes a request through Envoy with key (none when empty); the
+// response body is closed at cleanup.
+func send(t *testing.T, s *testenv.Stack, method, path, key string, body io.Reader, headers map[string]string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, s.Envoy.URL()+path, body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("content-type", "application/json")
+	if body != nil {
+		req.Header.Set("content-type", "application/json")
+	}
 	if key != "" {
 		req.Header.Set("authorization", "Bearer "+key)
 	}
@@ -263,4 +272,16 @@ func waitStatus(t *testing.T, s *testenv.Stack, key string, want int) {
 		}
 	}
 	t.Fatalf("status %d, want %d", got, want)
+}
+
+// gatedStream starts the seed request for user; the fake upstream stops
+// after `after` words until gate is released. It returns the stream once
+// those words have reached the client.
+func gatedStream(t *testing.T, s *testenv.Stack, user, gate string, after int) *bufio.Reader {
+	t.Helper()
+	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody,
+		map[string]string{"x-user-id": user, "x-fake-gate": gate, "x-fake-gate-after": strconv.Itoa(after)})
+	br := bufio.NewReader(resp.Body)
+	readWords(t, br, after)
+	return br
 }

@@ -72,10 +72,7 @@ func TestRedisDownFailOpenBillsLater(t *testing.T) {
 // the spool: the request is billed exactly once.
 func TestRedisDiesMidStreamThenSidecarRestarts(t *testing.T) {
 	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{"REDIS_TIMEOUT=300ms"}})
-	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody,
-		map[string]string{"x-user-id": "spooled", "x-fake-gate": "g", "x-fake-gate-after": "3"})
-	br := bufio.NewReader(resp.Body)
-	readWords(t, br, 3)
+	br := gatedStream(t, s, "spooled", "g", 3)
 	s.Redis.Stop()
 	s.Upstream.Release("g")
 	if text, _ := contentOf(t, br); !strings.HasSuffix(text, "answer so that") {
@@ -99,10 +96,7 @@ func TestRedisDiesMidStreamThenSidecarRestarts(t *testing.T) {
 // billed twice, and requests after the restart work.
 func TestSidecarKilledMidStream(t *testing.T) {
 	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{"RESERVATION_TTL=2s"}})
-	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody,
-		map[string]string{"x-user-id": "orphan", "x-fake-gate": "k", "x-fake-gate-after": "2"})
-	br := bufio.NewReader(resp.Body)
-	readWords(t, br, 2)
+	br := gatedStream(t, s, "orphan", "k", 2)
 	s.Sidecar.Kill()
 	s.Upstream.Release("k")
 	rest, err := io.ReadAll(br)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aifirewall/aifirewall/billing"
 )
 
 func TestSharedKey(t *testing.T) {
@@ -62,23 +64,36 @@ func TestKeysFileAndReload(t *testing.T) {
 		t.Fatal("unknown key accepted")
 	}
 
+	// The sidecar watches the file through its keyring, which also holds
+	// the keys added and revoked at run time.
+	store := billing.NewMemStore()
+	ring := NewKeyringEmpty(k, store)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go k.Watch(ctx, 20*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	writeKeys(t, path, "keys:\n  - sha256: "+HashKey("bob-key")+"\n    user: bob\n")
-	waitFor(t, func() bool {
-		_, err := k.Authenticate(Request{Authorization: []string{"Bearer bob-key"}})
+	done := make(chan struct{})
+	go func() {
+		ring.Watch(ctx, 20*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	accepted := func(key string) bool {
+		_, err := ring.Authenticate(Request{Authorization: []string{"Bearer " + key}})
 		return err == nil
-	})
-	if _, err := k.Authenticate(Request{Authorization: []string{"Bearer alice-key"}}); err == nil {
+	}
+	writeKeys(t, path, "keys:\n  - sha256: "+HashKey("bob-key")+"\n    user: bob\n")
+	waitFor(t, func() bool { return accepted("bob-key") })
+	if accepted("alice-key") {
 		t.Fatal("removed key still accepted")
 	}
 	// A broken file keeps the previous keys.
 	writeKeys(t, path, "keys: [ {sha256: nothex, user: x} ]")
 	time.Sleep(100 * time.Millisecond)
-	if _, err := k.Authenticate(Request{Authorization: []string{"Bearer bob-key"}}); err != nil {
+	if !accepted("bob-key") {
 		t.Fatal("a broken file dropped the keys in force")
 	}
+	// Run-time keys, and a revocation that covers a file key.
+	store.AddKey(ctx, HashKey("carol-key"), billing.APIKey{User: "carol"})
+	store.RevokeKey(ctx, HashKey("bob-key"))
+	waitFor(t, func() bool { return accepted("carol-key") && !accepted("bob-key") })
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -63,8 +63,8 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 	return nil
 }
 
-// Watch re-reads the keys file and the run-time keys every interval until
-// ctx ends.
+// Watch re-reads the keys file (a parse failure keeps the keys in force)
+// and the run-time keys every interval until ctx ends.
 func (k *Keyring) Watch(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	every(ctx, interval, func() {
 		if k.file != nil {

@@ -102,11 +102,6 @@ func parseKeys(raw []byte) (map[[32]byte]Caller, error) {
 	return keys, nil
 }
 
-// Watch re-reads the file every interval until ctx ends.
-func (k *KeysFile) Watch(ctx context.Context, interval time.Duration, log *slog.Logger) {
-	every(ctx, interval, func() { k.reloadLogged(log) })
-}
-
 func (k *KeysFile) reloadLogged(log *slog.Logger) {
 	changed, err := k.reload()
 	switch {
