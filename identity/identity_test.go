@@ -90,6 +90,12 @@ func TestKeysFileAndReload(t *testing.T) {
 	if !accepted("bob-key") {
 		t.Fatal("a broken file dropped the keys in force")
 	}
+	// So does an empty one: what an editor leaves for a moment mid-write.
+	writeKeys(t, path, "")
+	time.Sleep(100 * time.Millisecond)
+	if !accepted("bob-key") {
+		t.Fatal("an empty file dropped the keys in force")
+	}
 	// Run-time keys, and a revocation that covers a file key.
 	store.AddKey(ctx, HashKey("carol-key"), billing.APIKey{User: "carol"})
 	store.RevokeKey(ctx, HashKey("bob-key"))

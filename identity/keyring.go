@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/internal/loop"
 )
 
 // Keyring is per-user keys from the keys file (may be nil) together with
@@ -66,7 +67,7 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 // Watch re-reads the keys file (a parse failure keeps the keys in force)
 // and the run-time keys every interval until ctx ends.
 func (k *Keyring) Watch(ctx context.Context, interval time.Duration, log *slog.Logger) {
-	every(ctx, interval, func() {
+	loop.Every(ctx, interval, func() {
 		if k.file != nil {
 			k.file.reloadLogged(log)
 		}

@@ -2,7 +2,6 @@ package identity
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -34,7 +32,9 @@ type KeysFile struct {
 }
 
 type keysDoc struct {
-	Keys []struct {
+	// A pointer: a file without a keys list (empty, or caught half
+	// written by an editor) is an error, never "no keys".
+	Keys *[]struct {
 		SHA256     string `json:"sha256"`
 		User       string `json:"user"`
 		DailyLimit string `json:"daily_limit"`
@@ -77,8 +77,11 @@ func parseKeys(raw []byte) (map[[32]byte]Caller, error) {
 	if err := yaml.UnmarshalStrict(raw, &doc); err != nil {
 		return nil, err
 	}
+	if doc.Keys == nil {
+		return nil, fmt.Errorf("no 'keys' list (an empty or half-written file?); write 'keys: []' to remove every key")
+	}
 	keys := map[[32]byte]Caller{}
-	for i, e := range doc.Keys {
+	for i, e := range *doc.Keys {
 		d, err := hex.DecodeString(strings.TrimSpace(e.SHA256))
 		if err != nil || len(d) != 32 {
 			return nil, fmt.Errorf("keys[%d]: sha256 must be 64 hex digits (the SHA-256 of the key, never the key)", i)
@@ -109,20 +112,6 @@ func (k *KeysFile) reloadLogged(log *slog.Logger) {
 		log.Error("keys file not reloaded; the previous keys stay in force", "err", err)
 	case changed:
 		log.Info("keys file reloaded", "keys", k.Len())
-	}
-}
-
-// every runs fn every interval until ctx ends.
-func every(ctx context.Context, interval time.Duration, fn func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			fn()
-		}
 	}
 }
 
