@@ -53,7 +53,8 @@ soak:
 FUZZTIME ?= 20s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParser$$' -fuzztime $(FUZZTIME) ./processor/sse/
-	for f in FuzzChatMeter FuzzResponsesMeter FuzzMessagesMeter FuzzEmbeddingsMeter FuzzParseRequest; do \
+	for f in FuzzChatMeter FuzzResponsesMeter FuzzMessagesMeter FuzzEmbeddingsMeter FuzzParseRequest \
+	  FuzzParseRequestDifferential FuzzHostileUsage; do \
 	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./processor/provider/ || exit 1; done
 
 prices:

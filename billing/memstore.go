@@ -93,6 +93,20 @@ func (m *MemStore) Settle(_ context.Context, s Settlement) (bool, error) {
 	return true, nil
 }
 
+func (m *MemStore) Renew(_ context.Context, holds []Hold, ttl time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	for _, h := range holds {
+		rs := m.reserved[reservedKey(h.User, h.Day)]
+		if r, ok := rs[h.RequestID]; ok && now.Before(r.expires) {
+			r.expires = now.Add(ttl)
+			rs[h.RequestID] = r
+		}
+	}
+	return nil
+}
+
 func (m *MemStore) Budget(_ context.Context, user, day string, limit Nanos) (Budget, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -55,13 +55,53 @@ func ParseUSD(s string) (Nanos, error) {
 	return Nanos(w)*NanosPerUSD + Nanos(f), nil
 }
 
-// FromUSDFloat converts a provider-reported float dollar amount (OpenRouter's
-// usage.cost) to nanos, rounding to the nearest nano-dollar.
-func FromUSDFloat(usd float64) Nanos {
-	if usd <= 0 || math.IsNaN(usd) || math.IsInf(usd, 0) {
+// MaxReportedUSD bounds a provider-reported charge for one request. Larger
+// figures are a broken or hostile upstream, not a bill; the bound also keeps
+// every amount far below 2^53, exact in Redis's Lua numbers.
+const MaxReportedUSD = 1_000_000
+
+// FromUSDFloat converts a provider-reported dollar amount (OpenRouter's
+// usage.cost) to nanos, rounding to the nearest nano-dollar. ok is false
+// for anything that is not a finite amount in [0, MaxReportedUSD].
+func FromUSDFloat(usd float64) (n Nanos, ok bool) {
+	if math.IsNaN(usd) || usd < 0 || usd > MaxReportedUSD {
+		return 0, false
+	}
+	return Nanos(math.Round(usd * float64(NanosPerUSD))), true
+}
+
+// MaxCharge bounds what one request reserves or settles: about $1.1M, more
+// than any request costs, and small enough that sums of charges stay exact
+// in Redis's Lua numbers (2^53) and far from overflowing a day's total.
+const MaxCharge Nanos = 1 << 50
+
+// MaxNanos is where saturating arithmetic stops.
+const MaxNanos Nanos = math.MaxInt64
+
+// AddSat returns a + b for non-negative amounts, saturating at MaxNanos.
+func AddSat(a, b Nanos) Nanos {
+	if a < 0 || b < 0 {
+		panic(fmt.Sprintf("billing: negative amount %d + %d", a, b))
+	}
+	if a > MaxNanos-b {
+		return MaxNanos
+	}
+	return a + b
+}
+
+// MulSat returns n × price for non-negative operands, saturating at
+// MaxNanos, so no token count an upstream reports can wrap a cost negative.
+func MulSat(n int64, price Nanos) Nanos {
+	if n < 0 || price < 0 {
+		panic(fmt.Sprintf("billing: negative operand %d × %d", n, price))
+	}
+	if n == 0 || price == 0 {
 		return 0
 	}
-	return Nanos(math.Round(usd * float64(NanosPerUSD)))
+	if Nanos(n) > MaxNanos/price {
+		return MaxNanos
+	}
+	return Nanos(n) * price
 }
 
 // String formats n as dollars with all nine decimals trimmed of trailing

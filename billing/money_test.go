@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"math"
 	"testing"
 	"time"
 	_ "time/tzdata" // the zone database, whatever the machine has
@@ -42,5 +43,26 @@ func TestNextResetAcrossDST(t *testing.T) {
 	}
 	if d := Day(time.Date(2026, 11, 27, 23, 59, 0, 0, time.UTC), time.UTC); d != "2026-11-27" {
 		t.Fatalf("day = %s", d)
+	}
+}
+
+func TestSaturatingArithmetic(t *testing.T) {
+	cases := []struct {
+		n     int64
+		price Nanos
+		want  Nanos
+	}{
+		{1000, 150, 150_000}, {0, MaxNanos, 0}, {math.MaxInt64, 2, MaxNanos}, {1 << 40, 1 << 30, MaxNanos},
+	}
+	for _, c := range cases {
+		if got := MulSat(c.n, c.price); got != c.want {
+			t.Errorf("MulSat(%d, %d) = %d, want %d", c.n, c.price, got, c.want)
+		}
+	}
+	if got := AddSat(MaxNanos-1, 5); got != MaxNanos {
+		t.Errorf("AddSat near the top = %d", got)
+	}
+	if got := AddSat(2, 3); got != 5 {
+		t.Errorf("AddSat(2, 3) = %d", got)
 	}
 }

@@ -34,11 +34,13 @@ func (p Price) Cost(u Usage) Nanos {
 		}
 		return v
 	}
-	return Nanos(u.Input)*p.Input +
-		Nanos(u.CacheRead)*or(p.CacheRead, p.Input) +
-		Nanos(u.CacheWrite)*or(p.CacheWrite, p.Input) +
-		Nanos(u.Output)*p.Output +
-		Nanos(u.Reasoning)*or(p.Reasoning, p.Output)
+	// Counts are non-negative by the meters' validation; a negative one
+	// here is a bug, and panics (one request fails) rather than credit.
+	c := MulSat(u.Input, p.Input)
+	c = AddSat(c, MulSat(u.CacheRead, or(p.CacheRead, p.Input)))
+	c = AddSat(c, MulSat(u.CacheWrite, or(p.CacheWrite, p.Input)))
+	c = AddSat(c, MulSat(u.Output, p.Output))
+	return AddSat(c, MulSat(u.Reasoning, or(p.Reasoning, p.Output)))
 }
 
 // Prices maps model ids to prices. Unknown models get the fallback price,
@@ -166,7 +168,36 @@ func candidates(model string) []string {
 	if _, bare, ok := strings.Cut(base, "/"); ok {
 		keys = append(keys, bare)
 	}
+	// Providers answer with dated snapshots (gpt-4o-mini-2024-07-18,
+	// claude-3-5-haiku-20241022): when the table lacks the snapshot, it is
+	// priced as the model it is a snapshot of.
+	for _, k := range keys {
+		if undated, ok := stripDate(k); ok {
+			keys = append(keys, undated)
+		}
+	}
 	return keys
+}
+
+// stripDate removes a trailing -YYYY-MM-DD or -YYYYMMDD.
+func stripDate(model string) (string, bool) {
+	digits := func(s string) bool {
+		for _, c := range s {
+			if c < '0' || c > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	n := len(model)
+	if n > 11 && model[n-11] == '-' && model[n-6] == '-' && model[n-3] == '-' &&
+		digits(model[n-10:n-6]+model[n-5:n-3]+model[n-2:]) {
+		return model[:n-11], true
+	}
+	if n > 9 && model[n-9] == '-' && digits(model[n-8:]) && (model[n-8:n-6] == "20" || model[n-8:n-6] == "19") {
+		return model[:n-9], true
+	}
+	return "", false
 }
 
 // Len is the number of models in the table.

@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -81,5 +82,58 @@ func TestCost(t *testing.T) {
 	// No cache prices: cached tokens at the input price.
 	if got := (Price{Input: 10, Output: 20}).Cost(Usage{CacheRead: 5, Reasoning: 2}); got != 90 {
 		t.Fatalf("cost without cache prices = %d", got)
+	}
+}
+
+// No token count can wrap a cost negative: products and sums saturate.
+func TestCostSaturates(t *testing.T) {
+	p := Price{Input: 150, Output: 600_000}
+	if got := p.Cost(Usage{Input: 1000, Output: 15_500_000_000_000_000}); got != MaxNanos {
+		t.Fatalf("cost of 1.55e16 output tokens = %d, want saturation at %d", got, MaxNanos)
+	}
+	if got := p.Cost(Usage{Input: math.MaxInt64, Output: math.MaxInt64}); got != MaxNanos {
+		t.Fatalf("cost = %d", got)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a negative count was priced instead of failing loudly")
+		}
+	}()
+	p.Cost(Usage{Input: -1_000_000})
+}
+
+func TestFromUSDFloatBounds(t *testing.T) {
+	cases := []struct {
+		usd  float64
+		want Nanos
+		ok   bool
+	}{
+		{0.00045, 450_000, true}, {0, 0, true}, {1e6, 1e15, true},
+		{1e10, 0, false}, {-0.5, 0, false}, {math.NaN(), 0, false}, {math.Inf(1), 0, false},
+	}
+	for _, c := range cases {
+		if got, ok := FromUSDFloat(c.usd); got != c.want || ok != c.ok {
+			t.Errorf("FromUSDFloat(%v) = %d, %v; want %d, %v", c.usd, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+// Providers answer with dated snapshots; each resolves to its model.
+func TestLookupResolvesDatedSnapshots(t *testing.T) {
+	p := loadPrices(t, "")
+	mini, _ := p.Lookup("gpt-4o-mini")
+	for _, m := range []string{"gpt-4o-mini-2024-07-18", "gpt-4o-mini-2099-01-31", "openai/gpt-4o-mini-2099-01-31"} {
+		if got, ok := p.Lookup(m); !ok || got != mini {
+			t.Errorf("%s = %+v, %v; want gpt-4o-mini's %+v", m, got, ok, mini)
+		}
+	}
+	sonnet, _ := p.Lookup("claude-sonnet-4-5")
+	if got, ok := p.Lookup("claude-sonnet-4-5-20990101"); !ok || got != sonnet {
+		t.Errorf("claude-sonnet-4-5-20990101 = %+v, %v", got, ok)
+	}
+	for _, m := range []string{"gpt-4o-mini-12345678", "gpt-4o-mini-2024-7-18"} {
+		if _, ok := p.Lookup(m); ok {
+			t.Errorf("%s resolved, but it is no dated snapshot", m)
+		}
 	}
 }

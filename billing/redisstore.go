@@ -117,17 +117,19 @@ func redactURL(u string) string {
 	return u
 }
 
-// budgetScript purges expired reservations, reads the day, and with
+// budgetScript purges expired reservations (in batches: Lua's unpack takes
+// a few thousand values at most), reads the day, and with
 // ARGV[5] == "admit" reserves ARGV[2] for request ARGV[1] when
 // spent + reserved < limit. The clock is Redis's, shared by all sidecars.
 // Amounts stay below 2^53 nano-dollars, exact in Lua's numbers.
 var budgetScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-if #expired > 0 then
+while true do
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
+  if #expired == 0 then break end
   redis.call('HDEL', KEYS[2], unpack(expired))
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('ZREM', KEYS[3], unpack(expired))
 end
 local limit = tonumber(redis.call('GET', KEYS[4]) or ARGV[3])
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -142,6 +144,13 @@ redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 return {1, limit, spent, reserved + amount}`)
+
+// renewScript moves a live reservation's expiry to now + ARGV[2] ms. XX:
+// a reservation settled (or purged) meanwhile is not recreated.
+var renewScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])`)
 
 // settleScript replaces a reservation by the actual cost, once.
 var settleScript = redis.NewScript(`
@@ -198,6 +207,23 @@ func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
 		_, _ = pipe.Exec(ctx)
 	}
 	return n == 1, nil
+}
+
+func (r *RedisStore) Renew(ctx context.Context, holds []Hold, ttl time.Duration) error {
+	if len(holds) == 0 {
+		return nil
+	}
+	if err := renewScript.Load(ctx, r.rdb).Err(); err != nil {
+		return fmt.Errorf("renew reservations: %w", err)
+	}
+	pipe := r.rdb.Pipeline()
+	for _, h := range holds {
+		renewScript.EvalSha(ctx, pipe, []string{expiryKey(h.User, h.Day)}, h.RequestID, ttl.Milliseconds())
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("renew %d reservations: %w", len(holds), err)
+	}
+	return nil
 }
 
 func (r *RedisStore) SetLimit(ctx context.Context, user string, limit Nanos) error {

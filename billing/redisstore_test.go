@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/aifirewall/aifirewall/internal/testenv"
 )
 
@@ -141,13 +143,19 @@ func TestStoreConcurrentAdmissions(t *testing.T) {
 	}
 }
 
-func TestRedisKeysAreIntegersInOneSlot(t *testing.T) {
+// redisStore is a RedisStore on a fresh redis-server.
+func redisStore(t *testing.T) *RedisStore {
 	r := testenv.StartRedis(t)
 	s, err := NewRedisStore(r.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestRedisKeysAreIntegersInOneSlot(t *testing.T) {
+	s := redisStore(t)
 	ctx := context.Background()
 	if _, err := s.Settle(ctx, Settlement{User: "dave", Day: "2026-11-27", RequestID: "x", Amount: 4200}); err != nil {
 		t.Fatal(err)
@@ -198,3 +206,74 @@ func TestRedisURLForms(t *testing.T) {
 		t.Errorf("redact = %s", got)
 	}
 }
+
+// A renewed reservation outlives its TTL; a settled one is not renewed
+// back into existence.
+func TestStoreRenewKeepsRunningRequestsReserved(t *testing.T) {
+	ctx := context.Background()
+	for name, s := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ttl := 400 * time.Millisecond
+			adm := Admission{User: "long", Day: "d", RequestID: "stream", Amount: 1000, Limit: 1000, TTL: ttl}
+			if b, _ := s.Admit(ctx, adm); !b.Admitted {
+				t.Fatal("first admission refused")
+			}
+			if _, err := s.Admit(ctx, Admission{User: "long", Day: "d", RequestID: "done", Amount: 0, Limit: 1 << 40, TTL: ttl}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Settle(ctx, Settlement{User: "long", Day: "d", RequestID: "done", Amount: 5}); err != nil {
+				t.Fatal(err)
+			}
+			for range 4 { // 4 × 200 ms: twice the TTL
+				time.Sleep(ttl / 2)
+				if err := s.Renew(ctx, []Hold{{"long", "d", "stream"}, {"long", "d", "done"}}, ttl); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, err := s.Admit(ctx, Admission{User: "long", Day: "d", RequestID: "next", Amount: 1, Limit: 1000, TTL: ttl})
+			if err != nil || b.Admitted || b.Reserved != 1000 || b.Spent != 5 {
+				t.Fatalf("after 2 TTLs of renewals = %+v, %v; want the stream still reserved, nothing else", b, err)
+			}
+			time.Sleep(ttl + 100*time.Millisecond) // renewals stop: it expires
+			if b, err := s.Admit(ctx, Admission{User: "long", Day: "d", RequestID: "next", Amount: 1, Limit: 1000, TTL: ttl}); err != nil || !b.Admitted {
+				t.Fatalf("after renewals stopped = %+v, %v", b, err)
+			}
+		})
+	}
+}
+
+// 100,000 expired reservations (past Lua's unpack limit) are purged in
+// batches: the budget check keeps working.
+func TestRedisPurgesManyExpiredReservations(t *testing.T) {
+	s := redisStore(t)
+	ctx := context.Background()
+	const n = 100_000
+	for i := 0; i < n; i += 5000 {
+		pipe := s.rdb.Pipeline()
+		for j := i; j < i+5000; j++ {
+			id := fmt.Sprintf("gone-%d", j)
+			pipe.HSet(ctx, reservedKey("many", "d"), id, 10)
+			pipe.ZAdd(ctx, expiryKey("many", "d"), redisZ(1, id))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Over budget already: the check must say so, not fail.
+	if _, err := s.Settle(ctx, Settlement{User: "many", Day: "d", RequestID: "big", Amount: 2000}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Budget(ctx, "many", "d", 1000)
+	if err != nil || b.Reserved != 0 || b.Spent != 2000 {
+		t.Fatalf("budget with %d expired reservations = %+v, %v", n, b, err)
+	}
+	if left, _ := s.rdb.HLen(ctx, reservedKey("many", "d")).Result(); left != 0 {
+		t.Fatalf("%d expired reservations left", left)
+	}
+	b, err = s.Admit(ctx, Admission{User: "many", Day: "d", RequestID: "x", Amount: 1, Limit: 1000, TTL: time.Minute})
+	if err != nil || b.Admitted {
+		t.Fatalf("admission over budget = %+v, %v", b, err)
+	}
+}
+
+func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }

@@ -88,6 +88,11 @@ func (s *Settler) load() error {
 
 // Settle writes set now if the store answers, else queues it.
 func (s *Settler) Settle(set Settlement, log *slog.Logger) {
+	if set.Amount < 0 || set.Amount > MaxCharge {
+		// Never credit a budget, never overflow a day's total.
+		log.Error("settlement amount out of range; clamped", "cost_nanos", int64(set.Amount))
+		set.Amount = min(max(set.Amount, 0), MaxCharge)
+	}
 	s.inflight.Go(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		applied, err := s.store.Settle(ctx, set)

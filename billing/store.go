@@ -22,6 +22,10 @@ type Store interface {
 	// spend, unless the request was settled before; it reports whether it
 	// added anything.
 	Settle(ctx context.Context, s Settlement) (applied bool, err error)
+	// Renew extends the reservations of requests still running to the
+	// store's now + ttl, so that only a dead sidecar's reservations expire.
+	// A reservation already settled, or purged, is not brought back.
+	Renew(ctx context.Context, holds []Hold, ttl time.Duration) error
 	// Budget reads a user's day without changing it.
 	Budget(ctx context.Context, user, day string, limit Nanos) (Budget, error)
 	// SetLimit sets (limit > 0) or clears (limit == 0) an operator override
@@ -40,6 +44,11 @@ type Admission struct {
 	Amount               Nanos // estimated cost, reserved while the request runs
 	Limit                Nanos // the user's limit unless an operator override exists
 	TTL                  time.Duration
+}
+
+// Hold names the reservation of one running request.
+type Hold struct {
+	User, Day, RequestID string
 }
 
 // Budget is a user's day as the store sees it.

@@ -19,6 +19,9 @@ type Metrics struct {
 	phase       *prometheus.HistogramVec
 	storeErrors *prometheus.CounterVec
 	open        prometheus.Gauge
+	distrust    prometheus.Counter
+	swaps       prometheus.Counter
+	panics      prometheus.Counter
 	userCost    *prometheus.CounterVec // nil unless per-user series are enabled
 }
 
@@ -60,8 +63,17 @@ func NewMetrics(reg prometheus.Registerer, perUser bool) *Metrics {
 		open: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "aifirewall_reservations_open", Help: "Requests admitted by this sidecar whose reservation is not settled yet.",
 		}),
+		distrust: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aifirewall_upstream_usage_rejected_total", Help: "Responses whose usage report held a number out of range, billed from local counts instead.",
+		}),
+		swaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aifirewall_answered_model_price_differs_total", Help: "Responses from a model priced differently from the one requested, billed at the model that ran.",
+		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aifirewall_request_panics_total", Help: "Requests failed by a panic in the sidecar (settled at their estimate).",
+		}),
 	}
-	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open)
+	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open, m.distrust, m.swaps, m.panics)
 	if perUser {
 		m.userCost = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aifirewall_user_cost_usd_total", Help: "Spend billed, in USD, by user (METRICS_PER_USER).",
@@ -113,4 +125,22 @@ func (m *Metrics) settled(user, model string, priced bool, u billing.Usage, cost
 		}
 	}
 	m.cost.WithLabelValues(model).Add(float64(cost) / float64(billing.NanosPerUSD))
+}
+
+func (m *Metrics) distrusted() {
+	if m != nil {
+		m.distrust.Inc()
+	}
+}
+
+func (m *Metrics) modelSwap() {
+	if m != nil {
+		m.swaps.Inc()
+	}
+}
+
+func (m *Metrics) panicked() {
+	if m != nil {
+		m.panics.Inc()
+	}
 }

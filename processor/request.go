@@ -42,7 +42,9 @@ type request struct {
 	req        *provider.Request
 	day        string
 	budget     billing.Budget // at admission, this request's reservation included
+	estimate   billing.Nanos  // what was reserved
 	admitted   bool           // a reservation is held: settlement must release it
+	panicked   bool           // a panic ended the request: settle at the estimate
 
 	meter     provider.Meter
 	status    int
@@ -164,11 +166,7 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	if r.caller.Limit > 0 {
 		limit = r.caller.Limit
 	}
-	out := req.MaxOutput
-	if out == 0 {
-		out = r.s.cfg.DefaultOutputTokens
-	}
-	estimate := r.s.prices.For(req.Model).Cost(billing.Usage{Input: req.PromptTokens, Output: out})
+	estimate := r.estimateCost(req)
 	sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
 	bud, err := r.s.store.Admit(sctx, billing.Admission{User: r.user, Day: r.day, RequestID: r.id,
 		Amount: estimate, Limit: limit, TTL: r.s.cfg.ReservationTTL})
@@ -192,7 +190,8 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 		r.log.Info("over budget", "spent_nanos", int64(bud.Spent), "reserved_nanos", int64(bud.Reserved))
 		return r.deny(decisionOverBudget, overBudget(bud, reset, now))
 	}
-	r.admitted = true
+	r.admitted, r.estimate = true, estimate
+	r.s.holds.add(r, billing.Hold{User: r.user, Day: r.day, RequestID: r.id})
 	r.s.metrics.reservation(1)
 	r.s.metrics.decision(decisionAllowed)
 	r.log.Debug("admitted", "prompt_tokens", req.PromptTokens, "stream", req.Stream, "reserved_nanos", int64(estimate))
@@ -340,30 +339,84 @@ func (r *request) finish() {
 	r.settle()
 }
 
+// estimateCost is what the request may cost at most: its prompt and its
+// output limit (or the default) for each of its n completions.
+func (r *request) estimateCost(req *provider.Request) billing.Nanos {
+	out := req.MaxOutput
+	if out == 0 {
+		out = r.s.cfg.DefaultOutputTokens
+	}
+	out = min(out, provider.MaxUsageTokens) * max(req.N, 1)
+	return min(r.s.prices.For(req.Model).Cost(billing.Usage{Input: req.PromptTokens, Output: out}), billing.MaxCharge)
+}
+
 // settle prices the request and hands the charge to the store, once. A
 // request admitted but never answered (or answered with an error) settles
-// at zero, which releases its reservation.
+// at zero, which releases its reservation; one that panicked settles at
+// its estimate, since what it consumed is unknown.
 func (r *request) settle() {
 	if r.settled || !r.admitted {
 		return
 	}
 	r.settled = true
+	r.s.holds.remove(r)
 	r.s.metrics.reservation(-1)
 	var u billing.Usage
 	var cost billing.Nanos
-	if r.meter != nil {
-		u = r.meter.Usage()
-		r.usage = u
-		_, priced := r.s.prices.Lookup(r.req.Model)
-		cost = r.s.prices.For(r.req.Model).Cost(u)
-		r.s.metrics.settled(r.user, r.req.Model, priced, u, cost)
+	if r.meter != nil && !r.panicked {
+		func() {
+			// Settlement must happen whatever pricing does.
+			defer func() {
+				if p := recover(); p != nil {
+					r.recovered(p)
+				}
+			}()
+			u, cost = r.price()
+		}()
 	}
-	r.cost = cost
+	if r.panicked {
+		u, cost = billing.Usage{}, r.estimate
+	}
+	r.usage, r.cost = u, cost
 	r.log.Info("settled",
 		"prompt_tokens", u.PromptTokens(), "completion_tokens", u.CompletionTokens(),
 		"cached_tokens", u.CacheRead, "reasoning_tokens", u.Reasoning,
 		"cost_nanos", int64(cost), "status", r.status, "complete", r.ended)
 	r.s.cfg.Settler.Settle(billing.Settlement{User: r.user, Day: r.day, RequestID: r.id, Amount: cost}, r.log)
+}
+
+// price meters the response and prices it.
+func (r *request) price() (billing.Usage, billing.Nanos) {
+	u := r.meter.Usage()
+	model := r.billedModel()
+	_, priced := r.s.prices.Lookup(model)
+	cost := min(r.s.prices.For(model).Cost(u), billing.MaxCharge)
+	r.s.metrics.settled(r.user, model, priced, u, cost)
+	if why := r.meter.Distrusted(); why != "" {
+		r.s.metrics.distrusted()
+		r.log.Warn("usage reported by the upstream set aside; billed from local counts and the price table", "reason", why)
+	}
+	return u, cost
+}
+
+// billedModel is the model the provider says it ran when the price table
+// knows it, else the one requested: a request for one model answered by a
+// dearer one is billed at what ran.
+func (r *request) billedModel() string {
+	asked, ran := r.req.Model, r.meter.Model()
+	if ran == "" || ran == asked {
+		return asked
+	}
+	pr, known := r.s.prices.Lookup(ran)
+	if !known {
+		return asked
+	}
+	if pa, _ := r.s.prices.Lookup(asked); pa != pr {
+		r.s.metrics.modelSwap()
+		r.log.Warn("the provider answered with another model at another price; billed at the model it ran",
+			"requested_model", asked, "answered_model", ran)
+	}
+	return ran
 }
 
 // resolveUser names the budget holder: the caller's own identity when it

@@ -5,8 +5,10 @@ package processor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -51,7 +53,7 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	metrics *Metrics // nil: no metrics
-
+	holds   holds
 }
 
 // New returns a processor. now may be nil for the wall clock.
@@ -83,10 +85,16 @@ func (s *Server) WithMetrics(m *Metrics) *Server {
 	return s
 }
 
-// Process handles one HTTP request's stream of phases.
-func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+// Process handles one HTTP request's stream of phases. A panic while
+// handling fails this request alone (its stream ends with an error, which
+// Envoy turns into a failed request) and never the process.
+func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err error) {
 	r := &request{s: s, log: s.log}
-	defer r.finish()
+	defer func() {
+		if !r.guard(r.finish) && err == nil {
+			err = errPanic
+		}
+	}()
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -98,17 +106,44 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			return err
 		}
 		start := time.Now()
-		resp, after := r.handle(stream.Context(), msg)
+		var resp *extprocv3.ProcessingResponse
+		var after func()
+		if !r.guard(func() { resp, after = r.handle(stream.Context(), msg) }) {
+			return errPanic
+		}
 		s.metrics.observePhase(phaseName(msg), start)
 		if resp != nil {
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
 		}
-		if after != nil {
-			after()
+		if after != nil && !r.guard(after) {
+			return errPanic
 		}
 	}
+}
+
+var errPanic = status.Error(codes.Internal, "the AI firewall failed on this request; it was logged")
+
+// guard runs f; a panic in it is logged and counted, and the request is
+// settled at its estimate. It reports whether f returned normally.
+func (r *request) guard(f func()) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.recovered(p)
+			r.settle()
+			ok = false
+		}
+	}()
+	f()
+	return true
+}
+
+func (r *request) recovered(p any) {
+	r.panicked = true
+	r.s.metrics.panicked()
+	r.log.Error("panic while processing a request; this request fails, the sidecar goes on",
+		"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 }
 
 // Drain waits until every settlement started has been written or queued

@@ -64,6 +64,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Settler: settler, FailOpen: cfg.FailMode == "open",
 	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer, cfg.MetricsPerUser))
 
+	// Renewal outlives ctx: streams still draining after SIGTERM keep
+	// their reservations until they settle.
+	renewCtx, stopRenew := context.WithCancel(context.Background())
+	defer stopRenew()
+	go proc.RenewReservations(renewCtx)
+
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("LISTEN_ADDR: %w", err)

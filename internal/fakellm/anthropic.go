@@ -19,15 +19,15 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, body []byte) {
 	if !req.Stream {
 		w.Header().Set("content-type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"id": "msg_fake", "type": "message", "role": "assistant",
-			"model": req.Model, "content": []any{map[string]any{"type": "text", "text": Answer(st.words)}},
+			"model": st.answerModel(req.Model), "content": []any{map[string]any{"type": "text", "text": Answer(st.words)}},
 			"stop_reason": "end_turn", "stop_sequence": nil, "usage": usage})
 		return
 	}
 	out := sseHeaders(w, r)
-	start := map[string]any{"input_tokens": st.prompt, "cache_read_input_tokens": st.cached,
-		"cache_creation_input_tokens": st.cacheWrite, "output_tokens": 1}
+	start := st.usageOr(map[string]any{"input_tokens": st.prompt, "cache_read_input_tokens": st.cached,
+		"cache_creation_input_tokens": st.cacheWrite, "output_tokens": 1})
 	out.named("message_start", map[string]any{"type": "message_start", "message": map[string]any{
-		"id": "msg_fake", "type": "message", "role": "assistant", "model": req.Model, "content": []any{},
+		"id": "msg_fake", "type": "message", "role": "assistant", "model": st.answerModel(req.Model), "content": []any{},
 		"stop_reason": nil, "stop_sequence": nil, "usage": start}})
 	out.named("content_block_start", map[string]any{"type": "content_block_start", "index": 0,
 		"content_block": map[string]any{"type": "text", "text": ""}})

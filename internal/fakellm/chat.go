@@ -26,16 +26,17 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request, body []byte) {
 		return
 	}
 	st := steering(r)
-	usage := map[string]any{
+	model := st.answerModel(req.Model)
+	usage := st.usageOr(map[string]any{
 		"prompt_tokens":             st.prompt,
 		"completion_tokens":         st.words + st.reasoning,
 		"total_tokens":              st.prompt + st.words + st.reasoning,
 		"prompt_tokens_details":     map[string]any{"cached_tokens": st.cached},
 		"completion_tokens_details": map[string]any{"reasoning_tokens": st.reasoning},
-	}
+	})
 	if !req.Stream {
 		resp := map[string]any{
-			"id": chatID, "object": "chat.completion", "created": created, "model": req.Model,
+			"id": chatID, "object": "chat.completion", "created": created, "model": model,
 			"choices": []any{map[string]any{"index": 0, "finish_reason": "stop",
 				"message": map[string]any{"role": "assistant", "content": Answer(st.words)}}},
 		}
@@ -49,7 +50,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request, body []byte) {
 	out := sseHeaders(w, r)
 	chunk := func(delta map[string]any, finish any) {
 		b, _ := json.Marshal(map[string]any{"id": chatID, "object": "chat.completion.chunk", "created": created,
-			"model": req.Model, "choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}}})
+			"model": model, "choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}}})
 		out.event(b)
 	}
 	chunk(map[string]any{"role": "assistant", "content": ""}, nil)
@@ -59,7 +60,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request, body []byte) {
 	chunk(map[string]any{}, "stop")
 	if st.usage && req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
 		b, _ := json.Marshal(map[string]any{"id": chatID, "object": "chat.completion.chunk", "created": created,
-			"model": req.Model, "choices": []any{}, "usage": usage})
+			"model": model, "choices": []any{}, "usage": usage})
 		out.event(b)
 	}
 	out.write([]byte("data: [DONE]\n\n"))

@@ -16,6 +16,13 @@
 //	x-fake-status: 200           answer with this status and an error body
 //	x-fake-gate: NAME            after x-fake-gate-after words (default 1), wait
 //	                             until the test calls Release(NAME)
+//	x-fake-model: NAME           answer naming this model as the one that ran
+//	                             (default: the requested one, as providers do)
+//	x-fake-usage-json: {...}     send this raw usage object instead (chat's usage,
+//	                             Anthropic's message_start usage): hostile numbers
+//
+// Request bodies are decoded with encoding/json, which keeps the last of
+// repeated member names, as providers' parsers do.
 //
 // The output count is the number of words plus reasoning tokens. Every request it
 // receives is recorded; GET /_fake/requests returns them.
@@ -145,6 +152,23 @@ type steer struct {
 	delay                                        time.Duration
 	gate                                         string
 	gateAfter                                    int
+	model, usageJSON                             string
+}
+
+// answerModel is the model the answer names.
+func (st steer) answerModel(requested string) string {
+	if st.model != "" {
+		return st.model
+	}
+	return requested
+}
+
+// usageOr is the usage object to send: the scripted raw one, or usage.
+func (st steer) usageOr(usage any) any {
+	if st.usageJSON != "" {
+		return json.RawMessage(st.usageJSON)
+	}
+	return usage
 }
 
 func steering(r *http.Request) steer {
@@ -154,6 +178,7 @@ func steering(r *http.Request) steer {
 		cacheWrite: intHeader(r, "x-fake-cache-write-tokens", 0), usage: r.Header.Get("x-fake-usage") != "off",
 		delay: time.Duration(intHeader(r, "x-fake-delay-ms", 0)) * time.Millisecond,
 		gate:  r.Header.Get("x-fake-gate"), gateAfter: intHeader(r, "x-fake-gate-after", 1),
+		model: r.Header.Get("x-fake-model"), usageJSON: r.Header.Get("x-fake-usage-json"),
 	}
 }
 

@@ -21,7 +21,7 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request, body []byte) 
 	st := steering(r)
 	final := func(status string) map[string]any {
 		resp := map[string]any{"id": "resp_fake", "object": "response", "created_at": created, "status": status,
-			"model": req.Model, "output": []any{map[string]any{"id": "msg_fake", "type": "message", "role": "assistant",
+			"model": st.answerModel(req.Model), "output": []any{map[string]any{"id": "msg_fake", "type": "message", "role": "assistant",
 				"status": "completed", "content": []any{map[string]any{"type": "output_text", "text": Answer(st.words), "annotations": []any{}}}}}}
 		if st.usage {
 			resp["usage"] = map[string]any{
@@ -45,7 +45,7 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request, body []byte) 
 		out.named(typ, fields)
 	}
 	send("response.created", map[string]any{"response": map[string]any{"id": "resp_fake", "object": "response",
-		"created_at": created, "status": "in_progress", "model": req.Model, "output": []any{}}})
+		"created_at": created, "status": "in_progress", "model": st.answerModel(req.Model), "output": []any{}}})
 	if !s.stream(r, st, func(word string) {
 		send("response.output_text.delta", map[string]any{"item_id": "msg_fake", "output_index": 0,
 			"content_index": 0, "delta": word, "logprobs": []any{}})

@@ -23,7 +23,13 @@ func (Messages) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, erro
 	if err != nil {
 		return nil, err
 	}
-	if u := root.Get("metadata.user_id"); u.Type == gjson.String {
+	if md := root.Get("metadata"); md.Exists() && md.Type != gjson.Null && !md.IsObject() {
+		return nil, badRequest("metadata", "'metadata' must be an object")
+	}
+	if u := root.Get("metadata.user_id"); u.Exists() && u.Type != gjson.Null {
+		if u.Type != gjson.String {
+			return nil, badRequest("metadata.user_id", "'metadata.user_id' must be a string")
+		}
 		req.User = u.String()
 	}
 	var msgs []billing.Message
@@ -71,6 +77,8 @@ func (Messages) NewMeter(req *Request, tk *billing.Tokenizer) Meter {
 }
 
 type messagesMeter struct {
+	answered
+	distrust
 	req      *Request
 	out      tally
 	usage    billing.Usage
@@ -85,6 +93,7 @@ func (m *messagesMeter) Event(ev sse.Event) bool {
 	data := gjson.ParseBytes(ev.Data)
 	switch data.Get("type").String() {
 	case "message_start":
+		m.take(data.Get("message.model"))
 		m.apply(data.Get("message.usage"), false)
 	case "content_block_start":
 		if in := data.Get("content_block.input"); in.IsObject() && len(in.Map()) > 0 {
@@ -103,6 +112,7 @@ func (m *messagesMeter) Event(ev sse.Event) bool {
 
 func (m *messagesMeter) Body(body []byte) {
 	root := gjson.ParseBytes(body)
+	m.take(root.Get("model"))
 	for _, block := range root.Get("content").Array() {
 		m.out.add(block.Get("text").String())
 		m.out.add(block.Get("thinking").String())
@@ -119,19 +129,24 @@ func (m *messagesMeter) apply(u gjson.Result, final bool) {
 	if !u.IsObject() {
 		return
 	}
-	if v := u.Get("input_tokens"); v.Exists() {
-		m.usage.Input, m.hasInput = v.Int(), true
+	rd := usageReader{u: u}
+	next := m.usage
+	for _, f := range []struct {
+		name string
+		dst  *int64
+	}{{"input_tokens", &next.Input}, {"cache_read_input_tokens", &next.CacheRead},
+		{"cache_creation_input_tokens", &next.CacheWrite}, {"output_tokens", &next.Output}} {
+		if rd.has(f.name) {
+			*f.dst = rd.count(f.name)
+		}
 	}
-	if v := u.Get("cache_read_input_tokens"); v.Exists() {
-		m.usage.CacheRead = v.Int()
+	if rd.bad != "" {
+		m.reject(rd.bad)
+		return // earlier reports, or the local count, stand
 	}
-	if v := u.Get("cache_creation_input_tokens"); v.Exists() {
-		m.usage.CacheWrite = v.Int()
-	}
-	if v := u.Get("output_tokens"); v.Exists() {
-		m.usage.Output = v.Int()
-		m.hasFinal = m.hasFinal || final
-	}
+	m.usage = next
+	m.hasInput = m.hasInput || rd.has("input_tokens")
+	m.hasFinal = m.hasFinal || (final && rd.has("output_tokens"))
 }
 
 func (m *messagesMeter) Usage() billing.Usage {

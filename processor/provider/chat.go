@@ -42,11 +42,20 @@ func (Chat) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, error) {
 			Content: contentText(m.Get("content")) + toolCallsText(m.Get("tool_calls")),
 		})
 	}
+	if n, err := intField(root, "n", 1, maxN); err != nil {
+		return nil, err
+	} else if n > 0 {
+		req.N = n
+	}
 	req.PromptTokens = int64(tk.CountChat(req.Model, list))
 	if tools := root.Get("tools"); tools.IsArray() {
 		req.PromptTokens += int64(tk.Count(req.Model, tools.Raw))
 	}
-	if req.Stream && !root.Get("stream_options.include_usage").Bool() {
+	clientUsage, err := includeUsage(root)
+	if err != nil {
+		return nil, err
+	}
+	if req.Stream && !clientUsage {
 		// Ask for the final usage chunk; the meter strips it again so the
 		// client sees the stream it asked for.
 		out, err := sjson.SetBytes(body, "stream_options.include_usage", true)
@@ -58,11 +67,37 @@ func (Chat) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, error) {
 	return req, nil
 }
 
+// includeUsage reads stream_options.include_usage, strictly typed: a
+// reader that took "true" or 1 for true would skip the injection that a
+// provider then does not honour.
+func includeUsage(root gjson.Result) (bool, error) {
+	opts := root.Get("stream_options")
+	if !opts.Exists() || opts.Type == gjson.Null {
+		return false, nil
+	}
+	if !opts.IsObject() {
+		return false, badRequest("stream_options", "'stream_options' must be an object")
+	}
+	switch v := opts.Get("include_usage"); v.Type {
+	case gjson.True:
+		return true, nil
+	case gjson.False, gjson.Null:
+		return false, nil
+	default:
+		if !v.Exists() {
+			return false, nil
+		}
+		return false, badRequest("stream_options.include_usage", "'stream_options.include_usage' must be a boolean")
+	}
+}
+
 func (c Chat) NewMeter(req *Request, tk *billing.Tokenizer) Meter {
 	return &chatMeter{req: req, openRouter: c.OpenRouterCost, out: tally{tk: tk, model: req.Model}}
 }
 
 type chatMeter struct {
+	answered
+	distrust
 	req        *Request
 	openRouter bool
 	out        tally
@@ -76,6 +111,7 @@ func (m *chatMeter) Event(ev sse.Event) bool {
 		return false
 	}
 	chunk := gjson.ParseBytes(ev.Data)
+	m.take(chunk.Get("model"))
 	m.addChoices(chunk, "delta")
 	u := chunk.Get("usage")
 	if !u.IsObject() {
@@ -88,6 +124,7 @@ func (m *chatMeter) Event(ev sse.Event) bool {
 
 func (m *chatMeter) Body(body []byte) {
 	root := gjson.ParseBytes(body)
+	m.take(root.Get("model"))
 	m.addChoices(root, "message")
 	if u := root.Get("usage"); u.IsObject() {
 		m.setUsage(u)
@@ -110,19 +147,26 @@ func (m *chatMeter) addChoices(root gjson.Result, field string) {
 // cache-write tokens and completion_tokens includes reasoning tokens, so
 // they are split out to be priced once each.
 func (m *chatMeter) setUsage(u gjson.Result) {
-	cached := u.Get("prompt_tokens_details.cached_tokens").Int()
-	written := u.Get("prompt_tokens_details.cache_write_tokens").Int()
-	reasoning := u.Get("completion_tokens_details.reasoning_tokens").Int()
+	rd := usageReader{u: u}
+	prompt, completion := rd.count("prompt_tokens"), rd.count("completion_tokens")
+	cached := rd.count("prompt_tokens_details.cached_tokens")
+	written := rd.count("prompt_tokens_details.cache_write_tokens")
+	reasoning := rd.count("completion_tokens_details.reasoning_tokens")
+	if rd.bad != "" {
+		m.reject(rd.bad)
+		return // the local count stands in
+	}
 	got := billing.Usage{
-		Input:      max(u.Get("prompt_tokens").Int()-cached-written, 0),
+		Input:      max(prompt-cached-written, 0),
 		CacheRead:  cached,
 		CacheWrite: written,
-		Output:     max(u.Get("completion_tokens").Int()-reasoning, 0),
+		Output:     max(completion-reasoning, 0),
 		Reasoning:  reasoning,
 	}
-	if cost := u.Get("cost"); m.openRouter && cost.Type == gjson.Number {
-		n := billing.FromUSDFloat(cost.Float())
-		got.ReportedCost = &n
+	if m.openRouter {
+		cost, why := reportedCost(u.Get("cost"), m.req.Model, m.model)
+		got.ReportedCost = cost
+		m.reject(why)
 	}
 	m.usage = &got
 }
@@ -162,13 +206,13 @@ func toolCallsText(calls gjson.Result) string {
 	return string(b)
 }
 
-// parseObject checks that body is one JSON object.
+// parseObject checks that body is one JSON object with a single reading.
 func parseObject(body []byte) (gjson.Result, error) {
 	if !utf8.Valid(body) {
 		return gjson.Result{}, badRequest("", "the request body is not valid UTF-8; send UTF-8 encoded JSON")
 	}
-	if !gjson.ValidBytes(body) {
-		return gjson.Result{}, badRequest("", "the request body is not valid JSON; send a JSON object")
+	if err := checkStrict(body); err != nil {
+		return gjson.Result{}, err
 	}
 	root := gjson.ParseBytes(body)
 	if !root.IsObject() {
@@ -177,7 +221,12 @@ func parseObject(body []byte) (gjson.Result, error) {
 	return root, nil
 }
 
-// commonFields reads model, stream, user and the first output limit found.
+// maxN bounds the completions one request may ask for (OpenAI's own limit).
+const maxN = 128
+
+// commonFields reads model, stream, user and the output limit: the largest
+// of the limits given, since which one a provider honours when a client
+// sends several is the provider's choice, and the reservation must cover it.
 func commonFields(root gjson.Result, limits ...string) (*Request, error) {
 	model := root.Get("model")
 	if !model.Exists() {
@@ -186,27 +235,44 @@ func commonFields(root gjson.Result, limits ...string) (*Request, error) {
 	if model.Type != gjson.String || model.String() == "" {
 		return nil, badRequest("model", "'model' must be a non-empty string")
 	}
-	req := &Request{Model: model.String()}
+	req := &Request{Model: model.String(), N: 1}
 	if s := root.Get("stream"); s.Exists() {
 		if s.Type != gjson.True && s.Type != gjson.False {
 			return nil, badRequest("stream", "'stream' must be a boolean")
 		}
 		req.Stream = s.Bool()
 	}
-	if u := root.Get("user"); u.Type == gjson.String {
+	if u := root.Get("user"); u.Exists() && u.Type != gjson.Null {
+		if u.Type != gjson.String {
+			return nil, badRequest("user", "'user' must be a string")
+		}
 		req.User = u.String()
 	}
 	for _, name := range limits {
-		v := root.Get(name)
-		if !v.Exists() || v.Type == gjson.Null {
-			continue
+		n, err := intField(root, name, 0, maxInt)
+		if err != nil {
+			return nil, err
 		}
-		n, err := strconv.ParseInt(v.Raw, 10, 64)
-		if v.Type != gjson.Number || err != nil || n < 0 {
-			return nil, badRequest(name, "'%s' must be a non-negative integer", name)
-		}
-		req.MaxOutput = n
-		break
+		req.MaxOutput = max(req.MaxOutput, n)
 	}
 	return req, nil
+}
+
+const maxInt = 1<<63 - 1
+
+// intField reads an optional integer member within [lo, hi]; absent or
+// null reads as 0.
+func intField(root gjson.Result, name string, lo, hi int64) (int64, error) {
+	v := root.Get(name)
+	if !v.Exists() || v.Type == gjson.Null {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v.Raw, 10, 64)
+	if v.Type != gjson.Number || err != nil || n < lo || n > hi {
+		if hi == maxInt {
+			return 0, badRequest(name, "'%s' must be an integer of at least %d", name, lo)
+		}
+		return 0, badRequest(name, "'%s' must be an integer from %d to %d", name, lo, hi)
+	}
+	return n, nil
 }

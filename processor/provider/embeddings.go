@@ -47,6 +47,8 @@ func (Embeddings) NewMeter(req *Request, _ *billing.Tokenizer) Meter {
 }
 
 type embeddingsMeter struct {
+	answered
+	distrust
 	req      *Request
 	reported *int64
 }
@@ -54,8 +56,16 @@ type embeddingsMeter struct {
 func (m *embeddingsMeter) Event(sse.Event) bool { return false }
 
 func (m *embeddingsMeter) Body(body []byte) {
-	if v := gjson.GetBytes(body, "usage.prompt_tokens"); v.Type == gjson.Number {
-		n := v.Int()
+	root := gjson.ParseBytes(body)
+	m.take(root.Get("model"))
+	u := root.Get("usage")
+	if !u.IsObject() {
+		return
+	}
+	rd := usageReader{u: u}
+	if n := rd.count("prompt_tokens"); rd.bad != "" {
+		m.reject(rd.bad)
+	} else if rd.has("prompt_tokens") {
 		m.reported = &n
 	}
 }

@@ -33,6 +33,11 @@ type Meter interface {
 	// Usage is the request's consumption: what the provider reported,
 	// completed by counting for whatever it did not report.
 	Usage() billing.Usage
+	// Model is the model the provider said it ran, "" if it named none.
+	Model() string
+	// Distrusted says why (part of) the provider's usage report was set
+	// aside as out of range, "" when nothing was.
+	Distrusted() string
 }
 
 // Request is what the firewall needs to know of a request.
@@ -41,6 +46,7 @@ type Request struct {
 	Stream       bool
 	User         string // the body's "user" field, if any
 	MaxOutput    int64  // max_tokens & co.; 0 when not given
+	N            int64  // completions asked for (chat's n), at least 1
 	PromptTokens int64  // counted locally, before forwarding
 	// Body is the rewritten request body, nil when it is unchanged.
 	Body []byte

@@ -51,6 +51,8 @@ func (Responses) NewMeter(req *Request, tk *billing.Tokenizer) Meter {
 }
 
 type responsesMeter struct {
+	answered
+	distrust
 	req   *Request
 	out   tally
 	usage *billing.Usage
@@ -61,6 +63,7 @@ func (m *responsesMeter) Event(ev sse.Event) bool {
 		return false
 	}
 	data := gjson.ParseBytes(ev.Data)
+	m.take(data.Get("response.model"))
 	switch data.Get("type").String() {
 	case "response.output_text.delta", "response.reasoning_summary_text.delta",
 		"response.reasoning_text.delta", "response.function_call_arguments.delta", "response.refusal.delta":
@@ -75,6 +78,7 @@ func (m *responsesMeter) Event(ev sse.Event) bool {
 
 func (m *responsesMeter) Body(body []byte) {
 	root := gjson.ParseBytes(body)
+	m.take(root.Get("model"))
 	for _, item := range root.Get("output").Array() {
 		for _, c := range item.Get("content").Array() {
 			m.out.add(c.Get("text").String())
@@ -92,12 +96,18 @@ func (m *responsesMeter) Body(body []byte) {
 // setUsage reads the Responses usage object: input_tokens includes cached
 // tokens and output_tokens includes reasoning tokens.
 func (m *responsesMeter) setUsage(u gjson.Result) {
-	cached := u.Get("input_tokens_details.cached_tokens").Int()
-	reasoning := u.Get("output_tokens_details.reasoning_tokens").Int()
+	rd := usageReader{u: u}
+	input, output := rd.count("input_tokens"), rd.count("output_tokens")
+	cached := rd.count("input_tokens_details.cached_tokens")
+	reasoning := rd.count("output_tokens_details.reasoning_tokens")
+	if rd.bad != "" {
+		m.reject(rd.bad)
+		return
+	}
 	m.usage = &billing.Usage{
-		Input:     max(u.Get("input_tokens").Int()-cached, 0),
+		Input:     max(input-cached, 0),
 		CacheRead: cached,
-		Output:    max(u.Get("output_tokens").Int()-reasoning, 0),
+		Output:    max(output-reasoning, 0),
 		Reasoning: reasoning,
 	}
 }
