@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -241,3 +242,16 @@ func (r *RedisStore) SetLimit(ctx context.Context, user string, limit Nanos) err
 
 func (r *RedisStore) Ping(ctx context.Context) error { return r.rdb.Ping(ctx).Err() }
 func (r *RedisStore) Close() error                   { return r.rdb.Close() }
+
+// redisLog sends go-redis's own messages (connection-pool retries and the
+// like) to the structured log at debug level: the sidecar says what an
+// unreachable Redis means in one line of its own.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, fmt.Sprintf(format, v...), "component", "go-redis")
+}
+
+// LogRedisTo routes go-redis's logging through log. go-redis keeps its
+// logger process-wide, so this is set once, at start.
+func LogRedisTo(log *slog.Logger) { redis.SetLogger(redisLog{log}) }

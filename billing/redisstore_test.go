@@ -1,8 +1,12 @@
 package billing
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -277,3 +281,24 @@ func TestRedisPurgesManyExpiredReservations(t *testing.T) {
 }
 
 func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }
+
+// go-redis's own messages go to the structured log at debug level, not as
+// raw lines on stderr before the sidecar's one-line explanation.
+func TestRedisClientLogsAreStructured(t *testing.T) {
+	var buf bytes.Buffer
+	LogRedisTo(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	defer LogRedisTo(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s, err := NewRedisStore(fmt.Sprintf("redis://127.0.0.1:%d/0", testenv.FreePort(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if s.Ping(ctx) == nil {
+		t.Fatal("ping of a closed port succeeded")
+	}
+	if !strings.Contains(buf.String(), `"level":"DEBUG"`) || !strings.Contains(buf.String(), `"component":"go-redis"`) {
+		t.Fatalf("go-redis logged %q", buf.String())
+	}
+}

@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -123,6 +126,13 @@ func TestBudgetExhaustedGets402(t *testing.T) {
 	if untilMidnight := int(midnight.Sub(before).Seconds()); err != nil || retry < untilMidnight-5 || retry > untilMidnight+5 {
 		t.Fatalf("retry-after = %q, want about %d", resp.Header.Get("retry-after"), untilMidnight)
 	}
+	// A 402 carries the budget headers too, so a client can show when it
+	// may go on.
+	if h := resp.Header; h.Get("x-aifirewall-budget-limit") != "0.000005" || h.Get("x-aifirewall-budget-remaining") != "0" ||
+		h.Get("x-aifirewall-budget-reset") != midnight.Format(time.RFC3339) {
+		t.Errorf("402 budget headers: limit %q remaining %q reset %q", h.Get("x-aifirewall-budget-limit"),
+			h.Get("x-aifirewall-budget-remaining"), h.Get("x-aifirewall-budget-reset"))
+	}
 	if n := len(s.Upstream.Requests()); n != 1 {
 		t.Fatalf("upstream received %d requests, want 1: the refused one must not be forwarded", n)
 	}
@@ -214,4 +224,45 @@ func TestSigtermFinishesStreamAndBills(t *testing.T) {
 		t.Fatalf("sidecar exit: %v\n%s", err, s.Sidecar.Log())
 	}
 	s.WaitSpent(t, today("draining"), 11*miniIn+12*miniOut)
+}
+
+// A 36 KB agent turn (system prompt, 11 tools, a tool call and its reply)
+// whose client asked for usage itself: the stream reaches it byte for byte
+// as the upstream sent it, usage chunk included, and is billed from it.
+func TestAgentRequestStreamsUntouched(t *testing.T) {
+	body, err := os.ReadFile(filepath.Join("..", "processor", "provider", "testdata", "agent_request.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testenv.StartStack(t, testenv.StackOptions{})
+	hdr := map[string]string{"x-fake-prompt-tokens": "9000", "x-fake-words": "20"}
+	direct := func() []byte {
+		rec := &recorder{header: http.Header{}}
+		req, _ := http.NewRequest("POST", "/v1/chat/completions", bytes.NewReader(body))
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		s.Upstream.ServeHTTP(rec, req)
+		return rec.body.Bytes()
+	}()
+	for i, split := range []string{"0", "7", "64"} {
+		user := fmt.Sprintf("agent-%d", i)
+		h := map[string]string{"x-fake-split": split, "x-user-id": user}
+		for k, v := range hdr {
+			h[k] = v
+		}
+		resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, string(body), h)
+		got, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("split %s: %d %v", split, resp.StatusCode, err)
+		}
+		if !bytes.Equal(got, direct) || !bytes.Contains(got, []byte(`"usage":{`)) {
+			t.Fatalf("split %s: client got\n%s\nwant\n%s", split, got, direct)
+		}
+		s.WaitSpent(t, today(user), 9000*miniIn+20*miniOut)
+	}
+	forwarded := s.Upstream.Requests()
+	if last := forwarded[len(forwarded)-1].Body; last != string(body) {
+		t.Fatal("the upstream did not receive the agent's body as sent")
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -130,6 +131,8 @@ func o200k(t *testing.T, text string) int64 {
 	return int64(len(enc.EncodeOrdinary(text)))
 }
 
+var secretShape = regexp.MustCompile(`(?i)\bbearer\s+\S|\bsk-[a-z0-9]|x-api-key\s*[:=]|authorization\s*[:=]`)
+
 func TestUnauthorized(t *testing.T) {
 	s := testenv.StartStack(t, testenv.StackOptions{})
 	for name, key := range map[string]string{"no key": "", "wrong key": "not-the-key", "upstream key": testenv.UpstreamKey} {
@@ -139,8 +142,13 @@ func TestUnauthorized(t *testing.T) {
 				t.Fatalf("status = %d, want 401", resp.StatusCode)
 			}
 			e := decodeError(t, resp)
-			if e.Error.Type != "authentication_error" || e.Error.Code != "invalid_api_key" || e.Error.Message == "" {
+			if e.Error.Type != "authentication_error" || e.Error.Code != "invalid_api_key" || !strings.Contains(e.Error.Message, "gateway operator") {
 				t.Fatalf("error = %+v", e.Error)
+			}
+			// Agent clients redact credential-shaped text before a person
+			// reads it; the advice must survive that.
+			if m := secretShape.FindString(e.Error.Message); m != "" {
+				t.Fatalf("message %q contains %q", e.Error.Message, m)
 			}
 		})
 	}

@@ -2,12 +2,15 @@ package envoy_test
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/identity"
@@ -88,5 +91,50 @@ func TestMeshIdentityOverMTLS(t *testing.T) {
 	if r, err := anon.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(seedBody)); err == nil {
 		r.Body.Close()
 		t.Fatalf("request without a client certificate answered %d", r.StatusCode)
+	}
+}
+
+// The default mode takes the shared key and per-user keys side by side,
+// so a team moves to per-user budgets one user at a time.
+func TestSharedKeyAndPerUserKeysTogether(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys.yaml")
+	if err := os.WriteFile(keys, []byte("keys:\n  - sha256: "+identity.HashKey("alice-secret")+"\n    user: alice\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{
+		"IDENTITY_MODE=shared", "KEYS_FILE=" + keys, "ADMIN_TOKEN=" + adminToken, "OPERATOR_ADDR=" + opAddr}})
+	testenv.WaitTCP(t, opAddr, 10*time.Second)
+
+	// The seed's way: the shared key, and the caller names the user.
+	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody, map[string]string{"x-user-id": "team-a"})
+	io.Copy(io.Discard, resp.Body)
+	s.WaitSpent(t, today("team-a"), reqCost)
+
+	// An operator-made key works at once beside it, and says nothing about
+	// the identity mode, since this one accepts it.
+	out, err := admin(t, opAddr, adminToken, "add-key", "mona", "0.01")
+	if err != nil || strings.Contains(out, "WARNING") {
+		t.Fatalf("add-key: %v %s", err, out)
+	}
+	mona := regexp.MustCompile(`key:\s+(\S+)`).FindStringSubmatch(out)[1]
+	waitStatus(t, s, mona, 200)
+	s.WaitSpent(t, today("mona"), reqCost)
+	if r := post(t, s, "/v1/chat/completions", mona, seedBody, nil); r.Header.Get("x-aifirewall-budget-limit") != "0.01" {
+		t.Fatalf("mona's own limit: %q", r.Header.Get("x-aifirewall-budget-limit"))
+	}
+	// A per-user key names its user: x-user-id cannot move the bill.
+	if r := post(t, s, "/v1/chat/completions", mona, seedBody, map[string]string{"x-user-id": "team-a"}); r.StatusCode != 403 {
+		t.Fatalf("per-user key naming another user: %d, want 403", r.StatusCode)
+	}
+	// Keys file keys too, sent the Anthropic way.
+	r := send(t, s, "POST", "/v1/chat/completions", "", strings.NewReader(seedBody), map[string]string{"x-api-key": "alice-secret"})
+	io.Copy(io.Discard, r.Body)
+	if r.StatusCode != 200 {
+		t.Fatalf("keys-file key: %d", r.StatusCode)
+	}
+	s.WaitSpent(t, today("alice"), reqCost)
+	if r := post(t, s, "/v1/chat/completions", "not-a-key", seedBody, nil); r.StatusCode != 401 {
+		t.Fatalf("unknown key: %d", r.StatusCode)
 	}
 }

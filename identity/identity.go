@@ -35,12 +35,18 @@ type Authenticator interface {
 	Authenticate(r Request) (Caller, error)
 }
 
-var errNoKey = errors.New("no API key provided; send 'Authorization: Bearer <key>' with the key your gateway operator gave you")
-var errBadKey = errors.New("invalid API key; send 'Authorization: Bearer <key>' with the key your gateway operator gave you")
+// The texts of 401s say what to do without spelling a credential header:
+// agent clients redact anything shaped like one ("Authorization: Bearer
+// <…>", "x-api-key: …") before a person sees it.
+var (
+	errNoKey  = errors.New("no API key was sent: this gateway needs its own API key, not a provider's; ask your gateway operator for one and set it as your client's API key")
+	errBadKey = errors.New("this API key is not valid here: this gateway needs its own API key, not a provider's; ask your gateway operator for one and set it as your client's API key")
+	errMany   = errors.New("more than one API key was sent (two Authorization headers, or different keys in the Authorization and the x-api-key headers); configure your client with only the key your gateway operator gave you")
+	errScheme = errors.New("the Authorization header uses a scheme this gateway does not take; set the gateway key as your client's API key (OpenAI and Anthropic SDKs then send it the right way) instead of building the header by hand")
+)
 
 // presentedKey is the one key a request carries.
 func presentedKey(r Request) (string, error) {
-	errMany := errors.New("more than one API key was sent; send exactly one 'Authorization: Bearer <key>'")
 	if len(r.Authorization) > 1 || len(r.APIKey) > 1 {
 		return "", errMany
 	}
@@ -48,7 +54,7 @@ func presentedKey(r Request) (string, error) {
 	if len(r.Authorization) == 1 {
 		scheme, k, ok := strings.Cut(r.Authorization[0], " ")
 		if !ok || !strings.EqualFold(scheme, "bearer") {
-			return "", errors.New("the Authorization header must be 'Bearer <key>'")
+			return "", errScheme
 		}
 		key = strings.TrimSpace(k)
 	}
@@ -85,4 +91,22 @@ func (s *SharedKey) Authenticate(r Request) (Caller, error) {
 		return Caller{}, errBadKey
 	}
 	return Caller{}, nil
+}
+
+// SharedAndKeys is the default mode: the seed's shared key and, beside
+// it, the per-user keys of a keyring (keys file and operator-made), so a
+// team moves from one shared key to per-user keys one user at a time. A
+// per-user key names its budget holder; the shared key lets the caller
+// name it, as in the seed.
+type SharedAndKeys struct {
+	Shared *SharedKey
+	Keys   *Keyring
+}
+
+func (m SharedAndKeys) Authenticate(r Request) (Caller, error) {
+	c, err := m.Shared.Authenticate(r)
+	if err != errBadKey {
+		return c, err
+	}
+	return m.Keys.Authenticate(r)
 }

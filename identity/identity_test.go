@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -24,12 +25,12 @@ func TestSharedKey(t *testing.T) {
 		{Request{Authorization: []string{"bearer secret"}}, true, ""},
 		{Request{APIKey: []string{"secret"}}, true, ""},
 		{Request{}, false, "no API key"},
-		{Request{Authorization: []string{"Bearer nope"}}, false, "invalid API key"},
-		{Request{Authorization: []string{"Bearer secret", "Bearer secret"}}, false, "more than one"},
+		{Request{Authorization: []string{"Bearer nope"}}, false, "not valid here"},
+		{Request{Authorization: []string{"Bearer secret", "Bearer secret"}}, false, "more than one API key"},
 		{Request{Authorization: []string{"Bearer secret"}, APIKey: []string{"secret"}}, true, ""},
-		{Request{Authorization: []string{"Bearer secret"}, APIKey: []string{"other"}}, false, "more than one"},
+		{Request{Authorization: []string{"Bearer secret"}, APIKey: []string{"other"}}, false, "more than one API key"},
 		{Request{Authorization: []string{"Bearer "}}, false, "no API key"},
-		{Request{Authorization: []string{"Basic secret"}}, false, "Bearer"},
+		{Request{Authorization: []string{"Basic secret"}}, false, "scheme"},
 	}
 	for _, c := range cases {
 		_, err := a.Authenticate(c.r)
@@ -145,5 +146,45 @@ func TestMesh(t *testing.T) {
 	}
 	if _, err := m.Authenticate(Request{PeerURISAN: "https://not-spiffe"}); err == nil {
 		t.Fatal("non-SPIFFE SAN accepted")
+	}
+}
+
+// The default mode takes the shared key and per-user keys side by side.
+func TestSharedAndKeys(t *testing.T) {
+	store := billing.NewMemStore()
+	ctx := context.Background()
+	store.AddKey(ctx, HashKey("mona-key"), billing.APIKey{User: "mona", Limit: 10_000_000})
+	store.AddKey(ctx, HashKey("gone-key"), billing.APIKey{User: "gone"})
+	store.RevokeKey(ctx, HashKey("gone-key"))
+	ring, err := NewKeyring(ctx, nil, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := SharedAndKeys{Shared: NewSharedKey("shared-key"), Keys: ring}
+	bearer := func(k string) Request { return Request{Authorization: []string{"Bearer " + k}} }
+	if c, err := auth.Authenticate(bearer("shared-key")); err != nil || c.User != "" {
+		t.Fatalf("shared key = %+v, %v; want a caller who names the user", c, err)
+	}
+	if c, err := auth.Authenticate(Request{APIKey: []string{"mona-key"}}); err != nil || c.User != "mona" || c.Limit != 10_000_000 {
+		t.Fatalf("per-user key = %+v, %v", c, err)
+	}
+	for name, r := range map[string]Request{
+		"unknown": bearer("nope"), "revoked": bearer("gone-key"),
+		"two keys": {Authorization: []string{"Bearer shared-key"}, APIKey: []string{"mona-key"}},
+	} {
+		if _, err := auth.Authenticate(r); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+}
+
+// No 401 text carries what agent clients redact as a secret.
+func TestErrorTextsHaveNoSecretShapes(t *testing.T) {
+	shapes := regexp.MustCompile(`(?i)\bbearer\s+\S|\bsk-[a-z0-9]|x-api-key\s*[:=]|authorization\s*[:=]`)
+	_, meshErr := Mesh{}.Authenticate(Request{})
+	for _, err := range []error{errNoKey, errBadKey, errMany, errScheme, errRevoked, meshErr} {
+		if m := shapes.FindString(err.Error()); m != "" {
+			t.Errorf("%q contains %q", err, m)
+		}
 	}
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -89,6 +89,8 @@ func digest(sha string) ([32]byte, bool) {
 	return d, true
 }
 
+var errRevoked = errors.New("this API key was revoked; ask your gateway operator for a new one and set it as your client's API key")
+
 func (k *Keyring) Authenticate(r Request) (Caller, error) {
 	key, err := presentedKey(r)
 	if err != nil {
@@ -100,7 +102,7 @@ func (k *Keyring) Authenticate(r Request) (Caller, error) {
 	c, ok := k.added[h]
 	k.mu.RUnlock()
 	if revoked {
-		return Caller{}, fmt.Errorf("this API key was revoked; ask your gateway operator for a new one")
+		return Caller{}, errRevoked
 	}
 	if ok {
 		return c, nil

@@ -77,6 +77,9 @@ func RunCLI(ctx context.Context, args []string, defaultAddr string, out io.Write
 			return err
 		}
 		fmt.Fprintf(out, "key:    %s\nsha256: %s\nThe key is shown once; give it to %s now.\n", r.GetKey(), r.GetSha256(), a[1])
+		if w := r.GetWarning(); w != "" {
+			fmt.Fprintf(out, "WARNING: %s\n", w)
+		}
 	case a[0] == "revoke-key" && len(a) == 2:
 		if _, err := c.RevokeKey(ctx, &operatorv1.RevokeKeyRequest{Sha256: a[1]}); err != nil {
 			return err

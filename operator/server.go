@@ -34,6 +34,9 @@ type Server struct {
 	Location *time.Location
 	Log      *slog.Logger
 	Now      func() time.Time
+	// KeyWarning, when set, says why keys made with AddKey are not
+	// accepted by the running configuration.
+	KeyWarning string
 }
 
 // Register serves s on gs.
@@ -180,7 +183,7 @@ func (s *Server) AddKey(ctx context.Context, req *operatorv1.AddKeyRequest) (*op
 		return nil, status.Errorf(codes.Unavailable, "budget store: %v", err)
 	}
 	s.Log.Info("operator added a key", "user", req.GetUser(), "sha256", sha)
-	return &operatorv1.AddKeyResponse{Key: key, Sha256: sha}, nil
+	return &operatorv1.AddKeyResponse{Key: key, Sha256: sha, Warning: s.KeyWarning}, nil
 }
 
 func (s *Server) RevokeKey(ctx context.Context, req *operatorv1.RevokeKeyRequest) (*operatorv1.RevokeKeyResponse, error) {

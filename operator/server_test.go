@@ -22,13 +22,17 @@ import (
 
 const token = "0123456789abcdef-token"
 
-func client(t *testing.T, store *billing.MemStore) operatorv1.OperatorServiceClient {
+func client(t *testing.T, store *billing.MemStore, keyWarning ...string) operatorv1.OperatorServiceClient {
 	t.Helper()
 	unary, stream := TokenAuth(token)
 	gs := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
 	now := func() time.Time { return time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC) }
-	(&Server{Store: store, Keys: store, Limit: 5 * billing.NanosPerUSD, Location: time.UTC,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now}).Register(gs)
+	srv := &Server{Store: store, Keys: store, Limit: 5 * billing.NanosPerUSD, Location: time.UTC,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now}
+	if len(keyWarning) > 0 {
+		srv.KeyWarning = keyWarning[0]
+	}
+	srv.Register(gs)
 	lis := bufconn.Listen(1 << 16)
 	go gs.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///buf", grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -99,6 +103,18 @@ func TestUsageLimitsAndKeys(t *testing.T) {
 	} {
 		if err := call(); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+}
+
+// A key the running configuration would refuse is still made, and the
+// answer says so; one it accepts comes with no warning.
+func TestAddKeySaysWhenKeysAreNotAccepted(t *testing.T) {
+	for _, warning := range []string{"", "IDENTITY_MODE=mesh accepts no API keys"} {
+		c := client(t, billing.NewMemStore(), warning)
+		key, err := c.AddKey(authed(token), &operatorv1.AddKeyRequest{User: "mona", DailyLimitUsd: "0.01"})
+		if err != nil || key.GetKey() == "" || key.GetWarning() != warning {
+			t.Fatalf("add-key = %v, %v; want warning %q", key, err, warning)
 		}
 	}
 }

@@ -2,6 +2,8 @@ package processor
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -32,18 +34,30 @@ func BenchmarkRequestPhases(b *testing.B) {
 	}
 	h := newHarness(b, store)
 	prompt := strings.Repeat("Summarise the quarterly report for the board. ", 30)[:1000]
-	for _, fresh := range []bool{false, true} {
-		b.Run(map[bool]string{false: "repeated-prompt", true: "new-prompt"}[fresh], func(b *testing.B) {
+	agent, err := os.ReadFile(filepath.Join("provider", "testdata", "agent_request.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The agent turn (36 KB, the seed client's shape) with a new system
+	// prompt each time: the first turn of a conversation.
+	agentBody := func(i int) string {
+		return strings.Replace(string(agent), `"content": "You are`, fmt.Sprintf(`"content": "%08d You are`, i), 1)
+	}
+	for _, mix := range []string{"repeated-prompt", "new-prompt", "agent-36KB-new"} {
+		b.Run(mix, func(b *testing.B) {
 			var samples []time.Duration
 			for i := 0; b.Loop(); i++ {
 				p := prompt
-				if fresh {
+				if mix == "new-prompt" {
 					p = fmt.Sprintf("%08d", i) + prompt[8:]
 				}
 				body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"` + p + `"}]}`
+				if mix == "agent-36KB-new" {
+					body = agentBody(i)
+				}
 				x := h.open(b)
 				start := time.Now()
-				x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", fmt.Sprint(fresh, i))
+				x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", fmt.Sprint(mix, i))
 				if ir := x.requestBody(body).GetImmediateResponse(); ir != nil {
 					b.Fatalf("refused: %s", ir.GetBody())
 				}

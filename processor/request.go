@@ -217,11 +217,9 @@ func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processin
 	}
 	mut := &extprocv3.HeaderMutation{}
 	if r.admitted {
-		reset := billing.NextReset(r.s.now(), r.s.cfg.Location)
-		mut.SetHeaders = append(mut.SetHeaders,
-			header("x-aifirewall-budget-limit", r.budget.Limit.Decimal()),
-			header("x-aifirewall-budget-remaining", r.budget.Remaining().Decimal()),
-			header("x-aifirewall-budget-reset", reset.UTC().Format(time.RFC3339)))
+		for k, v := range budgetHeaders(r.budget, billing.NextReset(r.s.now(), r.s.cfg.Location), nil) {
+			mut.SetHeaders = append(mut.SetHeaders, header(k, v))
+		}
 		if r.sse && r.req.UsageInjected {
 			mut.RemoveHeaders = append(mut.RemoveHeaders, "content-length")
 		}

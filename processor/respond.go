@@ -126,7 +126,20 @@ func overBudget(b billing.Budget, reset, now time.Time) *apiError {
 	return &apiError{status: 402, Type: "budget_exceeded", Code: "budget_exceeded",
 		Message: fmt.Sprintf("daily budget exceeded: spent %s%s of a %s limit today; the budget resets at %s (in %ds). Ask your gateway operator to raise the limit, or retry after the reset.",
 			b.Spent, inFlight, b.Limit, reset.UTC().Format(time.RFC3339), wait),
-		headers: map[string]string{"retry-after": strconv.FormatInt(max(wait, 1), 10)}}
+		headers: budgetHeaders(b, reset, map[string]string{"retry-after": strconv.FormatInt(max(wait, 1), 10)})}
+}
+
+// budgetHeaders adds the budget headers every answer to an authenticated
+// request carries, 2xx and 402 alike, so a client can show where it stands
+// and when it may go on.
+func budgetHeaders(b billing.Budget, reset time.Time, h map[string]string) map[string]string {
+	if h == nil {
+		h = map[string]string{}
+	}
+	h["x-aifirewall-budget-limit"] = b.Limit.Decimal()
+	h["x-aifirewall-budget-remaining"] = b.Remaining().Decimal()
+	h["x-aifirewall-budget-reset"] = reset.UTC().Format(time.RFC3339)
+	return h
 }
 
 // bodyResponse answers a request body phase, replacing the body when body

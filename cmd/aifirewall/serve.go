@@ -29,6 +29,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if cfg.UpstreamAPIKey == "" {
 		log.Warn("UPSTREAM_API_KEY is empty; the upstream will likely reject requests")
 	}
+	billing.LogRedisTo(log)
 	store, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -198,7 +199,12 @@ func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeySto
 	}
 	unary, stream := operator.TokenAuth(cfg.AdminToken)
 	gs := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
-	(&operator.Server{Store: store, Keys: keys, Limit: cfg.Limit, Location: cfg.Location, Log: log, Now: time.Now}).Register(gs)
+	srv := &operator.Server{Store: store, Keys: keys, Limit: cfg.Limit, Location: cfg.Location, Log: log, Now: time.Now}
+	if cfg.IdentityMode == "mesh" {
+		srv.KeyWarning = "this gateway runs with IDENTITY_MODE=mesh, which accepts no API keys: the key is stored, " +
+			"but requests with it get 401 until IDENTITY_MODE is shared (the default) or keys"
+	}
+	srv.Register(gs)
 	go func() {
 		if err := gs.Serve(lis); err != nil {
 			log.Error("operator API stopped", "err", err)
@@ -212,24 +218,11 @@ func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeySto
 func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.KeyStore, log *slog.Logger) (identity.Authenticator, error) {
 	switch cfg.IdentityMode {
 	case "keys":
-		var file *identity.KeysFile
-		if cfg.KeysFile != "" {
-			var err error
-			if file, err = identity.LoadKeys(cfg.KeysFile); err != nil {
-				return nil, fmt.Errorf("KEYS_FILE: %w", err)
-			}
-		}
-		rctx, cancel := context.WithTimeout(ctx, cfg.RedisTimeout)
-		ring, err := identity.NewKeyring(rctx, file, keyStore)
-		cancel()
+		ring, err := keyring(ctx, cfg, keyStore, log)
 		if err != nil {
-			// Redis down at start: the file's keys work; added ones load
-			// at the next refresh.
-			log.Warn("run-time keys not loaded yet", "err", err)
-			ring = identity.NewKeyringEmpty(file, keyStore)
+			return nil, err
 		}
-		go ring.Watch(ctx, 2*time.Second, log)
-		log.Info("identity: per-user keys", "file", cfg.KeysFile)
+		log.Info("identity: per-user keys only", "file", cfg.KeysFile)
 		return ring, nil
 	case "mesh":
 		log.Info("identity: mesh workloads (SPIFFE ID of the client certificate)", "trust_xfcc", cfg.TrustXFCC)
@@ -238,6 +231,38 @@ func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.Key
 		if cfg.InternalAPIKey == config.DefaultAPIKey {
 			log.Warn("INTERNAL_API_KEY is the default 'changeme-internal-key'; set your own before exposing the gateway")
 		}
-		return identity.NewSharedKey(cfg.InternalAPIKey), nil
+		shared := identity.NewSharedKey(cfg.InternalAPIKey)
+		if keyStore == nil {
+			return shared, nil
+		}
+		ring, err := keyring(ctx, cfg, keyStore, log)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("identity: the shared key, and per-user keys beside it", "file", cfg.KeysFile)
+		return identity.SharedAndKeys{Shared: shared, Keys: ring}, nil
 	}
+}
+
+// keyring loads the per-user keys (KEYS_FILE and operator-made ones) and
+// keeps them fresh.
+func keyring(ctx context.Context, cfg *config.Config, keyStore billing.KeyStore, log *slog.Logger) (*identity.Keyring, error) {
+	var file *identity.KeysFile
+	if cfg.KeysFile != "" {
+		var err error
+		if file, err = identity.LoadKeys(cfg.KeysFile); err != nil {
+			return nil, fmt.Errorf("KEYS_FILE: %w", err)
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, cfg.RedisTimeout)
+	ring, err := identity.NewKeyring(rctx, file, keyStore)
+	cancel()
+	if err != nil {
+		// Redis down at start: the file's keys work; added ones load at
+		// the next refresh.
+		log.Warn("operator-made keys not loaded yet; they load when the budget store answers", "err", err)
+		ring = identity.NewKeyringEmpty(file, keyStore)
+	}
+	go ring.Watch(ctx, 2*time.Second, log)
+	return ring, nil
 }

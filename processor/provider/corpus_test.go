@@ -20,6 +20,7 @@ type corpusCase struct {
 	Provider     Kind            `json:"provider"`
 	Path         string          `json:"path"`
 	Request      json.RawMessage `json:"request"`
+	RequestFile  string          `json:"request_file"` // under testdata/, for requests too large to inline
 	Response     string          `json:"response"`
 	Usage        *billing.Usage  `json:"usage"`
 	CostNanos    int64           `json:"cost_nanos"`
@@ -53,6 +54,11 @@ func loadCorpus(t testing.TB) []corpusCase {
 	var cases []corpusCase
 	if err := json.Unmarshal(raw, &cases); err != nil {
 		t.Fatal(err)
+	}
+	for i, c := range cases {
+		if c.RequestFile != "" {
+			cases[i].Request = []byte(readFile(t, filepath.Join("testdata", c.RequestFile)))
+		}
 	}
 	return cases
 }

@@ -429,8 +429,12 @@ func (x *AddKeyRequest) GetDailyLimitUsd() string {
 type AddKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The new key. Shown once: the server keeps only its SHA-256.
-	Key           string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Sha256        string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Key    string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Sha256 string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// Set when the serving sidecar's identity mode does not accept per-user
+	// keys (IDENTITY_MODE=mesh): the key is stored but refused until the
+	// mode changes. Empty when the key works now.
+	Warning       string `protobuf:"bytes,3,opt,name=warning,proto3" json:"warning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -475,6 +479,13 @@ func (x *AddKeyResponse) GetKey() string {
 func (x *AddKeyResponse) GetSha256() string {
 	if x != nil {
 		return x.Sha256
+	}
+	return ""
+}
+
+func (x *AddKeyResponse) GetWarning() string {
+	if x != nil {
+		return x.Warning
 	}
 	return ""
 }
@@ -590,10 +601,11 @@ const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"\x05usage\x18\x01 \x01(\v2\x1d.aifirewall.operator.v1.UsageR\x05usage\"K\n" +
 	"\rAddKeyRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12&\n" +
-	"\x0fdaily_limit_usd\x18\x02 \x01(\tR\rdailyLimitUsd\":\n" +
+	"\x0fdaily_limit_usd\x18\x02 \x01(\tR\rdailyLimitUsd\"T\n" +
 	"\x0eAddKeyResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
-	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"*\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x18\n" +
+	"\awarning\x18\x03 \x01(\tR\awarning\"*\n" +
 	"\x10RevokeKeyRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\"\x13\n" +
 	"\x11RevokeKeyResponse2\xe1\x03\n" +
