@@ -53,6 +53,7 @@ soak:
 FUZZTIME ?= 20s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParser$$' -fuzztime $(FUZZTIME) ./processor/sse/
+	$(GO) test -run '^$$' -fuzz '^FuzzCountEqualsTiktoken$$' -fuzztime $(FUZZTIME) ./billing/
 	for f in FuzzChatMeter FuzzResponsesMeter FuzzMessagesMeter FuzzEmbeddingsMeter FuzzParseRequest \
 	  FuzzParseRequestDifferential FuzzHostileUsage; do \
 	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./processor/provider/ || exit 1; done

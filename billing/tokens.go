@@ -2,34 +2,31 @@ package billing
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
-	"unicode"
+	"unicode/utf8"
 
 	lru "github.com/hashicorp/golang-lru/v2"
-	"github.com/pkoukk/tiktoken-go"
 	tiktokenloader "github.com/pkoukk/tiktoken-go-loader"
 )
-
-// maxRun bounds the length, in runes, of a run of one character class that
-// is handed to the BPE in one piece. tiktoken-go's merge is quadratic in the
-// piece length, so one 64 KB word would pin a core for seconds; pieces of
-// ordinary text are far shorter than this, so their counts are unchanged.
-const maxRun = 128
 
 // cacheMin is the shortest text whose count is cached: shorter ones are
 // cheaper to count than to hash.
 const cacheMin = 256
 
-// Tokenizer counts tokens with OpenAI's BPE encodings, loaded from the
-// ranks compiled into the binary: it never touches the network.
+// Tokenizer counts tokens with OpenAI's BPE encodings, exactly as tiktoken
+// does, from the ranks compiled into the binary: it never touches the
+// network. The ranks come from tiktoken-go's offline loader; the split and
+// the merge are ours (pretokenize.go, bpe.go), linear in the text and
+// n·log n in the longest piece, and checked against tiktoken-go in tests.
 //
 // Chat clients send the whole conversation on every turn, so most message
 // texts were counted before: counts of longer texts are kept in a bounded
 // LRU cache keyed by the text's SHA-256 and the encoding.
 type Tokenizer struct {
-	o200k, cl100k *tiktoken.Tiktoken
+	o200k, cl100k *bpeCounter
 	cache         *lru.Cache[cacheKey, int]
 }
 
@@ -38,26 +35,33 @@ type cacheKey struct {
 	hash [32]byte
 }
 
-var setLoader sync.Once
-
-// NewTokenizer loads both encodings (a few hundred milliseconds, once).
+// NewTokenizer loads both encodings (side by side; about a second, once).
 func NewTokenizer() (*Tokenizer, error) {
-	// tiktoken-go keeps its loader in a package variable; set it once to the
-	// offline one before anything loads.
-	setLoader.Do(func() { tiktoken.SetBpeLoader(tiktokenloader.NewOfflineLoader()) })
-	o, err := tiktoken.GetEncoding("o200k_base")
-	if err != nil {
-		return nil, fmt.Errorf("load o200k_base: %w", err)
-	}
-	c, err := tiktoken.GetEncoding("cl100k_base")
-	if err != nil {
-		return nil, fmt.Errorf("load cl100k_base: %w", err)
-	}
 	cache, err := lru.New[cacheKey, int](8192)
 	if err != nil {
 		return nil, err
 	}
-	return &Tokenizer{o200k: o, cl100k: c, cache: cache}, nil
+	t := &Tokenizer{cache: cache}
+	var wg sync.WaitGroup
+	var errs [2]error
+	for i, enc := range []struct {
+		name string
+		dst  **bpeCounter
+	}{{"o200k_base", &t.o200k}, {"cl100k_base", &t.cl100k}} {
+		wg.Go(func() {
+			ranks, err := tiktokenloader.NewOfflineLoader().LoadTiktokenBpe(enc.name + ".tiktoken")
+			if err != nil {
+				errs[i] = fmt.Errorf("load %s: %w", enc.name, err)
+				return
+			}
+			*enc.dst = newCounter(ranks, enc.name == "o200k_base")
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // EncodingFor names the encoding used for model. Models of the gpt-4 and
@@ -79,7 +83,7 @@ func EncodingFor(model string) string {
 	}
 }
 
-func (t *Tokenizer) encoding(model string) (*tiktoken.Tiktoken, byte) {
+func (t *Tokenizer) encoding(model string) (*bpeCounter, byte) {
 	if EncodingFor(model) == "cl100k_base" {
 		return t.cl100k, 1
 	}
@@ -95,58 +99,24 @@ func (t *Tokenizer) Count(model, text string) int {
 	}
 	enc, id := t.encoding(model)
 	if len(text) < cacheMin {
-		return count(enc, text)
+		return enc.count(validUTF8(text))
 	}
 	key := cacheKey{enc: id, hash: sha256.Sum256([]byte(text))}
 	if n, ok := t.cache.Get(key); ok {
 		return n
 	}
-	n := count(enc, text)
+	n := enc.count(validUTF8(text))
 	t.cache.Add(key, n)
 	return n
 }
 
-func count(enc *tiktoken.Tiktoken, text string) int {
-	n, start := 0, 0
-	for _, cut := range longRunCuts(text) {
-		n += len(enc.EncodeOrdinary(text[start:cut]))
-		start = cut
+// validUTF8 replaces each byte that is not part of valid UTF-8 by U+FFFD,
+// as tiktoken-go's conversion to runes does.
+func validUTF8(text string) string {
+	if utf8.ValidString(text) {
+		return text
 	}
-	return n + len(enc.EncodeOrdinary(text[start:]))
-}
-
-// longRunCuts returns byte offsets that split every run of maxRun or more
-// runes of one class (letters, digits, spaces, other) into runs of at most
-// maxRun. Ordinary text has no such run and yields no cut, so its count is
-// exactly tiktoken's; adversarial text is counted in linear time.
-func longRunCuts(text string) []int {
-	var cuts []int
-	run, class := 0, -1
-	for i, r := range text {
-		c := runeClass(r)
-		if c != class {
-			class, run = c, 0
-		}
-		if run == maxRun {
-			cuts = append(cuts, i)
-			run = 0
-		}
-		run++
-	}
-	return cuts
-}
-
-func runeClass(r rune) int {
-	switch {
-	case unicode.IsLetter(r):
-		return 0
-	case unicode.IsNumber(r):
-		return 1
-	case unicode.IsSpace(r):
-		return 2
-	default:
-		return 3
-	}
+	return string([]rune(text))
 }
 
 // Message is one chat message as far as counting is concerned.

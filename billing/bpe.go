@@ -1,0 +1,319 @@
+package billing
+
+import (
+	"cmp"
+	"hash/maphash"
+	"math"
+	"slices"
+	"sync"
+)
+
+// bpeCounter counts the tokens of one encoding: a splitter for its pieces
+// and its merge ranks (tiktoken's own, from the offline loader).
+type bpeCounter struct {
+	ranks map[string]int
+	o200k bool // which split pattern
+	pool  sync.Pool
+	seed  maphash.Seed
+	// The merge table: merging tokens a and b gives the token ranked
+	// merged[k] for the k in [first[a], first[a+1]) with right[k] == b,
+	// right sorted. Every part of a piece is a token, so this answers every
+	// "is a+b a token, and of what rank?" without hashing strings, and a
+	// miss costs a short binary search rather than a probe of a 200,000-
+	// entry map.
+	first         []int32
+	right, merged []int32
+	byteRank      [256]int32
+}
+
+// scratch is a counter's working memory, reused between calls.
+type scratch struct {
+	rs   runes
+	next []int32  // index of the part after i, or -1
+	prev []int32  // index of the part before i, or -1
+	rank []int32  // rank of the pair (i, next[i]); noRank if none
+	tok  []int32  // the token part i is
+	heap []uint64 // rank<<32 | start, for pieces merged with the heap
+
+	// Recently counted short pieces: text repeats its words, and a hit
+	// here, in cache, saves a miss in the 200,000-entry rank map. Entries
+	// point into a ring of piece bytes; one whose bytes were overwritten
+	// simply no longer matches.
+	seen  [seenSlots]seenEntry
+	ring  [ringSize]byte
+	ringN uint32 // bytes ever written to ring
+}
+
+const (
+	seenSlots = 4096
+	ringSize  = 64 << 10
+	seenMax   = 32 // longest piece remembered, in bytes
+)
+
+type seenEntry struct {
+	at     uint32 // ringN when the piece was written
+	len    uint8
+	tokens uint8
+}
+
+const noRank = math.MaxInt32
+
+func newCounter(ranks map[string]int, o200k bool) *bpeCounter {
+	c := &bpeCounter{ranks: ranks, o200k: o200k, seed: maphash.MakeSeed()}
+	c.pool.New = func() any { return &scratch{} }
+	type pair struct{ a, b, t int32 }
+	var pairs []pair
+	for tok, r := range ranks {
+		if len(tok) == 1 {
+			c.byteRank[tok[0]] = int32(r)
+		}
+		for k := 1; k < len(tok); k++ {
+			a, okA := ranks[tok[:k]]
+			b, okB := ranks[tok[k:]]
+			if okA && okB {
+				pairs = append(pairs, pair{int32(a), int32(b), int32(r)})
+			}
+		}
+	}
+	slices.SortFunc(pairs, func(x, y pair) int { return cmp.Or(cmp.Compare(x.a, y.a), cmp.Compare(x.b, y.b)) })
+	top := 0
+	for _, r := range ranks {
+		top = max(top, r)
+	}
+	c.first = make([]int32, top+2)
+	c.right, c.merged = make([]int32, len(pairs)), make([]int32, len(pairs))
+	for k, p := range pairs {
+		c.right[k], c.merged[k] = p.b, p.t
+		c.first[p.a+1]++
+	}
+	for a := 1; a < len(c.first); a++ {
+		c.first[a] += c.first[a-1]
+	}
+	return c
+}
+
+// merge is the rank of the token made of tokens a and b, or noRank.
+func (c *bpeCounter) merge(a, b int32) int32 {
+	lo, hi := c.first[a], c.first[a+1]
+	for hi-lo > 8 {
+		mid := int32(uint32(lo+hi) >> 1)
+		if c.right[mid] < b {
+			lo = mid + 1
+		} else {
+			hi = mid + 1 // mid may be b itself
+		}
+	}
+	for ; lo < hi; lo++ {
+		if c.right[lo] == b {
+			return c.merged[lo]
+		}
+	}
+	return noRank
+}
+
+// count is the number of tokens tiktoken's EncodeOrdinary returns for
+// text.
+func (c *bpeCounter) count(text string) int {
+	s := c.pool.Get().(*scratch)
+	defer c.pool.Put(s)
+	s.rs.load(text)
+	rs := &s.rs
+	n := 0
+	for i := 0; i < len(rs.r); {
+		var end int
+		if c.o200k {
+			end = rs.o200kPiece(i)
+		} else {
+			end = rs.cl100kPiece(i)
+		}
+		n += c.piece(s, text[rs.off[i]:rs.off[end]])
+		i = end
+	}
+	return n
+}
+
+// piece counts the tokens of one piece: one when the piece is a token (most
+// words are), else the parts left by merging the lowest-ranked adjacent
+// pair, leftmost first, until no pair is a token.
+func (c *bpeCounter) piece(s *scratch, p string) int {
+	if len(p) <= 1 {
+		return len(p)
+	}
+	if len(p) > seenMax {
+		return c.pieceUncached(s, p)
+	}
+	e := &s.seen[maphash.String(c.seed, p)%seenSlots]
+	if int(e.len) == len(p) && s.ringN-e.at <= ringSize-seenMax && s.ringHas(e.at, p) {
+		return int(e.tokens)
+	}
+	n := c.pieceUncached(s, p)
+	*e = seenEntry{at: s.ringN, len: uint8(len(p)), tokens: uint8(n)}
+	for i := 0; i < len(p); i++ {
+		s.ring[(s.ringN+uint32(i))%ringSize] = p[i]
+	}
+	s.ringN += uint32(len(p))
+	return n
+}
+
+// ringHas says the ring holds p at at.
+func (s *scratch) ringHas(at uint32, p string) bool {
+	for i := 0; i < len(p); i++ {
+		if s.ring[(at+uint32(i))%ringSize] != p[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *bpeCounter) pieceUncached(s *scratch, p string) int {
+	if _, ok := c.ranks[p]; ok {
+		return 1
+	}
+	if len(p) <= 64 {
+		return c.mergeSmall(s, p)
+	}
+	return c.mergeHeap(s, p)
+}
+
+// mergeSmall is tiktoken's own merge loop: quadratic, and the fastest for
+// the short pieces of ordinary text.
+func (c *bpeCounter) mergeSmall(s *scratch, p string) int {
+	tok, rank := s.tok[:0], s.rank[:0]
+	for i := 0; i < len(p); i++ {
+		tok = append(tok, c.byteRank[p[i]])
+	}
+	for i := 0; i+1 < len(tok); i++ {
+		rank = append(rank, c.merge(tok[i], tok[i+1]))
+	}
+	for len(rank) > 0 {
+		best, at := int32(noRank), -1
+		for i, r := range rank {
+			if r < best {
+				best, at = r, i
+			}
+		}
+		if at < 0 {
+			break
+		}
+		// part at absorbs part at+1, becoming the token of their pair;
+		// its pairs with its neighbours are ranked anew.
+		tok[at] = best
+		tok = append(tok[:at+1], tok[at+2:]...)
+		rank = append(rank[:at], rank[at+1:]...)
+		if at < len(rank) {
+			rank[at] = c.merge(tok[at], tok[at+1])
+		}
+		if at > 0 {
+			rank[at-1] = c.merge(tok[at-1], tok[at])
+		}
+	}
+	s.tok, s.rank = tok, rank
+	return len(tok)
+}
+
+// mergeHeap gives the same result as mergeSmall in O(n log n): parts in a
+// linked list indexed by their first byte, pairs in a min-heap keyed by
+// (rank, first byte), so ties go to the leftmost pair as in tiktoken;
+// stale heap entries are skipped.
+func (c *bpeCounter) mergeHeap(s *scratch, p string) int {
+	n := len(p)
+	tok, next, prev, rank := s.tok[:0], s.next[:0], s.prev[:0], s.rank[:0]
+	for i := 0; i < n; i++ {
+		tok = append(tok, c.byteRank[p[i]])
+		next = append(next, int32(i+1))
+		prev = append(prev, int32(i-1))
+		rank = append(rank, noRank)
+	}
+	next[n-1] = -1
+	h := heap(s.heap[:0])
+	for i := 0; i+1 < n; i++ {
+		if rank[i] = c.merge(tok[i], tok[i+1]); rank[i] != noRank {
+			h = append(h, uint64(rank[i])<<32|uint64(i))
+		}
+	}
+	h.init()
+	parts := n
+	for len(h) > 0 {
+		top := h.pop()
+		r, i := int32(top>>32), int32(top&math.MaxUint32)
+		if tok[i] < 0 || rank[i] != r {
+			continue // merged away or re-ranked since it was pushed
+		}
+		j := next[i]
+		tok[i], tok[j] = r, -1
+		next[i] = next[j]
+		if next[i] >= 0 {
+			prev[next[i]] = i
+		}
+		parts--
+		rank[i] = noRank
+		if next[i] >= 0 {
+			if rank[i] = c.merge(tok[i], tok[next[i]]); rank[i] != noRank {
+				h.push(uint64(rank[i])<<32 | uint64(i))
+			}
+		}
+		if k := prev[i]; k >= 0 {
+			if rank[k] = c.merge(tok[k], tok[i]); rank[k] != noRank {
+				h.push(uint64(rank[k])<<32 | uint64(k))
+			}
+		}
+	}
+	s.tok, s.next, s.prev, s.rank, s.heap = tok, next, prev, rank, h
+	return parts
+}
+
+// heap is a 4-ary min-heap of uint64: shallower than a binary one, and
+// its children share cache lines, which counts on 1 MiB pieces.
+type heap []uint64
+
+const arity = 4
+
+func (h heap) init() {
+	for i := (len(h) - 2) / arity; i >= 0; i-- {
+		h.down(i)
+	}
+}
+
+func (h *heap) push(v uint64) {
+	*h = append(*h, v)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		up := (i - 1) / arity
+		if a[up] <= a[i] {
+			break
+		}
+		a[up], a[i] = a[i], a[up]
+		i = up
+	}
+}
+
+func (h *heap) pop() uint64 {
+	a := *h
+	top := a[0]
+	last := len(a) - 1
+	a[0] = a[last]
+	a = a[:last]
+	a.down(0)
+	*h = a
+	return top
+}
+
+func (h heap) down(i int) {
+	for {
+		first := arity*i + 1
+		if first >= len(h) {
+			return
+		}
+		small := first
+		for c := first + 1; c < min(first+arity, len(h)); c++ {
+			if h[c] < h[small] {
+				small = c
+			}
+		}
+		if h[small] >= h[i] {
+			return
+		}
+		h[i], h[small] = h[small], h[i]
+		i = small
+	}
+}
