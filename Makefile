@@ -5,7 +5,7 @@ SHELL   := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PKGS    := ./...
 
-.PHONY: help build run demo test lint bench soak envoy prices proto fuzz clean
+.PHONY: help build run demo test lint bench loadtest soak envoy prices proto fuzz clean
 
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
@@ -16,6 +16,7 @@ help:
 	@echo "test   every test (real Redis and Envoy; CI=true fails instead of skipping)"
 	@echo "lint   gofmt and go vet"
 	@echo "bench  benchmarks (prompt counting, processor phases)"
+	@echo "loadtest  the same load against the upstream, Envoy alone and Envoy + firewall, one table (a few minutes)"
 	@echo "soak   SOAK_CLIENTS streaming clients for SOAK_DURATION through Envoy (default 32, 2m)"
 	@echo "fuzz   run every fuzz target for FUZZTIME each (default 20s)"
 	@echo "prices regenerate billing/prices.json from ../shared/data/model_prices.json"
@@ -43,6 +44,12 @@ lint:
 
 bench:
 	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+LOADTEST_DURATION ?= 5s
+loadtest:
+	@mkdir -p .tmp
+	ENVOY_BIN="$$(scripts/envoy-path.sh)" LOADTEST=1 LOADTEST_DURATION=$(LOADTEST_DURATION) LOADTEST_OUT=$(CURDIR)/.tmp/loadtest.txt \
+	  $(GO) test -count=1 -run '^TestLoadTest$$' -v -timeout 30m ./envoy/ | sed -n '/make loadtest,/,/^---/p'
 
 SOAK_CLIENTS ?= 32
 SOAK_DURATION ?= 2m

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -130,7 +131,14 @@ func (c *Config) derive() error {
 	}
 	for name, addr := range map[string]string{"LISTEN_ADDR": c.ListenAddr, "ADMIN_ADDR": c.AdminAddr,
 		"ENVOY_LISTEN_ADDR": c.EnvoyListenAddr, "OPERATOR_ADDR": c.OperatorAddr, "ENVOY_ADMIN_ADDR": c.EnvoyAdminAddr, "EXTPROC_ADDR": c.ExtProcAddr} {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		if path, ok := strings.CutPrefix(addr, "unix:"); ok && (name == "LISTEN_ADDR" || name == "EXTPROC_ADDR") {
+			if !strings.HasPrefix(path, "/") {
+				return fmt.Errorf("%s: %q: a Unix socket needs an absolute path, e.g. unix:/run/aifirewall/extproc.sock", name, addr)
+			}
+			continue
+		}
+		_, port, err := net.SplitHostPort(addr)
+		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil {
 			return fmt.Errorf("%s: %q is not host:port", name, addr)
 		}
 	}

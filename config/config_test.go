@@ -27,7 +27,8 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"DAILY_BUDGET_LIMIT": "five", "BUDGET_TIMEZONE": "Mars/Olympus", "UPSTREAM_BASE_URL": "ftp://x",
 		"UPSTREAM_PROVIDER": "acme", "BUDGET_STORE": "disk", "LISTEN_ADDR": "50051", "REDIS_TIMEOUT": "soon",
 		"LOG_LEVEL": "loud", "IDENTITY_MODE": "trust-me", "ADMIN_TOKEN": "short", "MAX_REQUEST_BODY_BYTES": "-1",
-		"FALLBACK_INPUT_PRICE_PER_MTOK": "cheap", "RESERVATION_TTL": "0s",
+		"FALLBACK_INPUT_PRICE_PER_MTOK": "cheap", "RESERVATION_TTL": "0s", "EXTPROC_ADDR": "unix:relative.sock",
+		"ADMIN_ADDR": "unix:/run/admin.sock",
 	}
 	for name, value := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -56,4 +57,14 @@ func TestEnvFileAndPrecedence(t *testing.T) {
 	}
 	os.Unsetenv("UPSTREAM_BASE_URL")
 	os.Unsetenv("KEYS_FILE")
+}
+
+// The sidecar and Envoy in one pod can share a Unix socket for ext_proc.
+func TestUnixSocketAddresses(t *testing.T) {
+	t.Setenv("LISTEN_ADDR", "unix:/run/aifirewall/extproc.sock")
+	t.Setenv("EXTPROC_ADDR", "unix:/run/aifirewall/extproc.sock")
+	c, err := Load("")
+	if err != nil || c.ListenAddr != "unix:/run/aifirewall/extproc.sock" || c.ExtProcAddr != c.ListenAddr {
+		t.Fatalf("config %+v, %v", c, err)
+	}
 }

@@ -40,7 +40,7 @@ import (
 type Options struct {
 	ListenAddr   string // where clients connect, e.g. "0.0.0.0:8000"
 	AdminAddr    string // Envoy's admin interface, e.g. "127.0.0.1:9901"
-	ExtProcAddr  string // where Envoy reaches the sidecar, e.g. "aifirewall:50051"
+	ExtProcAddr  string // where Envoy reaches the sidecar, e.g. "aifirewall:50051" or "unix:/run/aifirewall/extproc.sock"
 	UpstreamURL  string // UPSTREAM_BASE_URL
 	MaxBodyBytes uint32 // larger request bodies get 413 from Envoy
 	// CACertFile verifies the upstream's TLS certificate (https upstreams).
@@ -247,9 +247,16 @@ func upstream(o Options, up *url.URL) (*clusterv3.Cluster, error) {
 }
 
 func extProc(address string) (*clusterv3.Cluster, error) {
-	addr, err := socketAddress(address, "")
-	if err != nil {
-		return nil, fmt.Errorf("ext_proc address: %w", err)
+	var addr *corev3.Address
+	if path, ok := strings.CutPrefix(address, "unix:"); ok {
+		// A sidecar in the same pod or host: a Unix socket skips the
+		// loopback TCP stack on every ext_proc message.
+		addr = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}}
+	} else {
+		var err error
+		if addr, err = socketAddress(address, ""); err != nil {
+			return nil, fmt.Errorf("ext_proc address: %w", err)
+		}
 	}
 	c := staticOrDNS(extProcCluster, addr)
 	c.ConnectTimeout = durationpb.New(time.Second)
@@ -276,7 +283,7 @@ func extProc(address string) (*clusterv3.Cluster, error) {
 
 func staticOrDNS(name string, addr *corev3.Address) *clusterv3.Cluster {
 	kind := clusterv3.Cluster_STATIC
-	if net.ParseIP(addr.GetSocketAddress().GetAddress()) == nil {
+	if addr.GetPipe() == nil && net.ParseIP(addr.GetSocketAddress().GetAddress()) == nil {
 		kind = clusterv3.Cluster_STRICT_DNS
 	}
 	return &clusterv3.Cluster{

@@ -293,3 +293,22 @@ func gatedStream(t *testing.T, s *testenv.Stack, user, gate string, after int) *
 	readWords(t, br, after)
 	return br
 }
+
+// Envoy reaches a sidecar in its pod over a Unix socket (LISTEN_ADDR and
+// EXTPROC_ADDR unix:/path): the same requests are authenticated, streamed
+// and billed.
+func TestExtProcOverUnixSocket(t *testing.T) {
+	s := testenv.StartStack(t, testenv.StackOptions{UnixSocket: true})
+	if !strings.HasPrefix(s.Sidecar.GRPCAddr, "unix:") {
+		t.Fatalf("sidecar on %s", s.Sidecar.GRPCAddr)
+	}
+	if r := post(t, s, "/v1/chat/completions", "wrong-key", seedBody, nil); r.StatusCode != 401 {
+		t.Fatalf("wrong key over the socket: %d", r.StatusCode)
+	}
+	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody, map[string]string{"x-user-id": "uds"})
+	text, _ := contentOf(t, resp.Body)
+	if text != fakellm.Answer(12) {
+		t.Fatalf("answer %q", text)
+	}
+	s.WaitSpent(t, today("uds"), 11*miniIn+12*miniOut)
+}

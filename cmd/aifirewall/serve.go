@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -71,7 +74,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer stopRenew()
 	go proc.RenewReservations(renewCtx)
 
-	lis, err := net.Listen("tcp", cfg.ListenAddr)
+	lis, err := listen(cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("LISTEN_ADDR: %w", err)
 	}
@@ -265,4 +268,16 @@ func keyring(ctx context.Context, cfg *config.Config, keyStore billing.KeyStore,
 	}
 	go ring.Watch(ctx, 2*time.Second, log)
 	return ring, nil
+}
+
+// listen opens host:port, or unix:/path (a socket file shared with Envoy
+// in the same pod; a stale one from a previous run is replaced).
+func listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+		return net.Listen("unix", path)
+	}
+	return net.Listen("tcp", addr)
 }

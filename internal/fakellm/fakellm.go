@@ -49,6 +49,10 @@ type Received struct {
 
 // Server is the fake provider.
 type Server struct {
+	// NoRecord keeps no copy of what is received (load tests send
+	// gigabytes).
+	NoRecord bool
+
 	mu       sync.Mutex
 	received []Received
 	gates    map[string]chan struct{}
@@ -98,9 +102,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body, _ := io.ReadAll(r.Body)
-	s.mu.Lock()
-	s.received = append(s.received, Received{r.Method, r.URL.Path, r.Header.Clone(), string(body)})
-	s.mu.Unlock()
+	if !s.NoRecord {
+		s.mu.Lock()
+		s.received = append(s.received, Received{r.Method, r.URL.Path, r.Header.Clone(), string(body)})
+		s.mu.Unlock()
+	}
 
 	if st := intHeader(r, "x-fake-status", 200); st != 200 {
 		w.Header().Set("content-type", "application/json")

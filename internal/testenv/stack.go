@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -16,11 +17,12 @@ import (
 // Stack is the whole path: client → envoy → fake upstream, with the sidecar
 // on ext_proc and a real Redis behind it.
 type Stack struct {
-	Redis    *Redis
-	RDB      *redis.Client
-	Upstream *fakellm.Server
-	Sidecar  *Sidecar
-	Envoy    *Envoy
+	UpstreamURL string // the fake upstream, as UPSTREAM_BASE_URL names it
+	Redis       *Redis
+	RDB         *redis.Client
+	Upstream    *fakellm.Server
+	Sidecar     *Sidecar
+	Envoy       *Envoy
 }
 
 // StackOptions tune a Stack.
@@ -29,6 +31,8 @@ type StackOptions struct {
 	UpstreamPath string   // base path of UPSTREAM_BASE_URL, e.g. "/api"
 	Env          []string // more sidecar settings
 	Envoy        envoy.Options
+	Upstream     *fakellm.Server // nil: a new one
+	UnixSocket   bool            // ext_proc over a Unix socket instead of loopback TCP
 }
 
 // Keys used by every stack.
@@ -43,12 +47,16 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 	if o.Limit == "" {
 		o.Limit = "5.0"
 	}
-	s := &Stack{Redis: StartRedis(t), Upstream: &fakellm.Server{}}
+	if o.Upstream == nil {
+		o.Upstream = &fakellm.Server{}
+	}
+	s := &Stack{Redis: StartRedis(t), Upstream: o.Upstream}
 	s.RDB = redis.NewClient(&redis.Options{Addr: s.Redis.Addr()})
 	t.Cleanup(func() { s.RDB.Close() })
 	up := httptest.NewServer(s.Upstream)
 	t.Cleanup(up.Close)
 	upstreamURL := up.URL + o.UpstreamPath
+	s.UpstreamURL = upstreamURL
 	env := append([]string{
 		"INTERNAL_API_KEY=" + ClientKey,
 		"UPSTREAM_BASE_URL=" + upstreamURL,
@@ -57,7 +65,15 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 		"REDIS_URL=" + s.Redis.URL(),
 		"DAILY_BUDGET_LIMIT=" + o.Limit,
 	}, o.Env...)
+	sock := ""
+	if o.UnixSocket {
+		sock = "unix:" + filepath.Join(t.TempDir(), "extproc.sock")
+		env = append(env, "LISTEN_ADDR="+sock)
+	}
 	s.Sidecar = StartSidecar(t, env...)
+	if sock != "" {
+		s.Sidecar.GRPCAddr = sock
+	}
 	o.Envoy.UpstreamURL, o.Envoy.ExtProcAddr = upstreamURL, s.Sidecar.GRPCAddr
 	s.Envoy = StartEnvoyWith(t, o.Envoy)
 	return s

@@ -1,0 +1,142 @@
+package envoy_test
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aifirewall/aifirewall/envoy"
+	"github.com/aifirewall/aifirewall/internal/fakellm"
+	"github.com/aifirewall/aifirewall/internal/loadgen"
+	"github.com/aifirewall/aifirewall/internal/testenv"
+)
+
+// TestLoadTest is `make loadtest`: the same streaming load, in one run,
+// against (a) the fake upstream directly, (b) Envoy alone with the
+// generated configuration minus the ext_proc filter, and (c) Envoy with
+// the sidecar and Redis, printing one table with the ratios (c)/(b). It
+// measures and prints; it fails only when requests fail. Off unless
+// LOADTEST=1: it takes minutes and the whole machine.
+func TestLoadTest(t *testing.T) {
+	if os.Getenv("LOADTEST") == "" {
+		t.Skip("measurement, not a test: run it with `make loadtest`")
+	}
+	dur := 5 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("LOADTEST_DURATION")); err == nil && d > 0 {
+		dur = min(d, time.Minute)
+	}
+	agent, err := os.ReadFile(filepath.Join("..", "processor", "provider", "testdata", "agent_request.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The upstream answers 20 words and keeps no record of what it got.
+	upstream := &fakellm.Server{NoRecord: true}
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream,
+		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64"}})
+	plain := testenv.StartEnvoyWith(t, envoy.Options{UpstreamURL: s.UpstreamURL, ExtProcAddr: s.Sidecar.GRPCAddr, WithoutFirewall: true})
+	direct := httptest.NewServer(upstream)
+	defer direct.Close()
+	uds := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, UnixSocket: true,
+		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64"}})
+
+	type target struct {
+		name string
+		url  string
+		pids map[string]int
+	}
+	targets := []target{
+		{"(a) upstream", direct.URL, nil},
+		{"(b) envoy", plain.URL(), map[string]int{"envoy": plain.PID()}},
+		{"(c) envoy+firewall", s.Envoy.URL(), map[string]int{"envoy": s.Envoy.PID(), "sidecar": s.Sidecar.PID(), "redis": s.Redis.PID()}},
+		{"(d) same, ext_proc on UDS", uds.Envoy.URL(), map[string]int{"envoy": uds.Envoy.PID(), "sidecar": uds.Sidecar.PID(), "redis": uds.Redis.PID()}},
+	}
+	scenarios := []struct {
+		name  string
+		c, kb int
+		agent bool
+	}{{"1 KB, c=1", 1, 1, false}, {"1 KB, c=16", 16, 1, false}, {"1 KB, c=64", 64, 1, false},
+		{"32 KB, c=16", 16, 32, false}, {"36 KB agent, c=16", 16, 36, true}}
+
+	var out strings.Builder
+	fmt.Fprintf(&out, "make loadtest, %s, %d cores (%s), %s per run, 20-word streamed answers, new prompt text per request\n\n",
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel(), dur)
+	tw := tabwriter.NewWriter(&out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\ttarget\treq/s\tTTFB p50 ms\tp90\tp99\ttotal p50 ms\tp99\tCPU ms/req envoy\tsidecar\tredis\tproxy total\tnon-200\t")
+	var ratios []string
+	for i, sc := range scenarios {
+		var rps, cpu, side, ttfb [4]float64
+		for j, tg := range targets {
+			cfg := loadgen.Config{URL: tg.url, Concurrency: sc.c, Duration: dur, PromptBytes: sc.kb << 10, Seed: uint64(1 + i),
+				Headers: map[string]string{"authorization": "Bearer " + testenv.ClientKey, "x-fake-words": "20", "x-user-id": fmt.Sprintf("load-%d", i)}}
+			if sc.agent {
+				cfg.Agent = agent
+			}
+			warm := cfg
+			warm.Duration = dur / 5
+			loadgen.Run(context.Background(), warm)
+			before := cpuTimes(t, tg.pids)
+			r := loadgen.Run(context.Background(), cfg)
+			after := cpuTimes(t, tg.pids)
+			if bad := r.Requests - r.Status[200]; bad > 0 || r.Errors > 0 || r.Requests == 0 {
+				t.Errorf("%s %s: %d requests, statuses %v, %d errors", sc.name, tg.name, r.Requests, r.Status, r.Errors)
+			}
+			per := func(p string) float64 {
+				if _, ok := tg.pids[p]; !ok || r.Requests == 0 {
+					return 0
+				}
+				return float64(after[p]-before[p]) / float64(time.Millisecond) / float64(r.Requests)
+			}
+			ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
+			total := per("envoy") + per("sidecar") + per("redis")
+			rps[j], cpu[j], side[j], ttfb[j] = r.RPS(), total, per("sidecar"), float64(loadgen.Quantile(r.TTFB, 0.5))/float64(time.Millisecond)
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t\n", sc.name, tg.name, r.RPS(),
+				ms(loadgen.Quantile(r.TTFB, 0.5)), ms(loadgen.Quantile(r.TTFB, 0.9)), ms(loadgen.Quantile(r.TTFB, 0.99)),
+				ms(loadgen.Quantile(r.Total, 0.5)), ms(loadgen.Quantile(r.Total, 0.99)),
+				per("envoy"), per("sidecar"), per("redis"), total, r.Requests-r.Status[200])
+		}
+		for _, k := range []int{2, 3} {
+			ratios = append(ratios, fmt.Sprintf("%s, %s:\treq/s ÷ (b) %.2f\tproxy CPU/req ÷ (b) %.1f×\tsidecar CPU %.2f ms/req\tadded TTFB p50 %.2f ms\t",
+				sc.name, targets[k].name[:3], rps[k]/rps[1], cpu[k]/cpu[1], side[k], ttfb[k]-ttfb[1]))
+		}
+	}
+	tw.Flush()
+	out.WriteString("\n")
+	rw := tabwriter.NewWriter(&out, 0, 4, 2, ' ', 0)
+	for _, r := range ratios {
+		fmt.Fprintln(rw, r)
+	}
+	rw.Flush()
+	t.Log("\n" + out.String())
+	if f := os.Getenv("LOADTEST_OUT"); f != "" {
+		_ = os.WriteFile(f, []byte(out.String()), 0o644)
+	}
+}
+
+func cpuTimes(t *testing.T, pids map[string]int) map[string]time.Duration {
+	m := map[string]time.Duration{}
+	for name, pid := range pids {
+		d, err := loadgen.CPUTime(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[name] = d
+	}
+	return m
+}
+
+func cpuModel() string {
+	raw, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(raw), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
