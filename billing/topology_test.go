@@ -57,6 +57,11 @@ func exercise(t *testing.T, s *RedisStore) {
 	if b, err := s.Admit(ctx, Admission{User: "u", Day: "d", RequestID: "r", Amount: 10, Limit: 100, TTL: time.Minute}); err != nil || !b.Admitted {
 		t.Fatalf("admit: %+v %v", b, err)
 	}
+	// Renewals of several users' reservations go out in one pipeline,
+	// across slots on a Cluster.
+	if err := s.Renew(ctx, []Hold{{"u", "d", "r"}, {"v", "d", "x"}, {"w", "e", "y"}}, time.Minute); err != nil {
+		t.Fatalf("renew: %v", err)
+	}
 	if _, err := s.Settle(ctx, Settlement{User: "u", Day: "d", RequestID: "r", Amount: 7}); err != nil {
 		t.Fatal(err)
 	}
