@@ -24,6 +24,10 @@ type bpeCounter struct {
 	first         []int32
 	right, merged []int32
 	byteRank      [256]int32
+	// bytePairs answers merges of two single-byte tokens (ranks below 256
+	// in both encodings) from a 256 KiB table: the first merges of every
+	// piece, and most of the work in scripts of multi-byte characters.
+	bytePairs []int32
 }
 
 // scratch is a counter's working memory, reused between calls.
@@ -89,11 +93,24 @@ func newCounter(ranks map[string]int, o200k bool) *bpeCounter {
 	for a := 1; a < len(c.first); a++ {
 		c.first[a] += c.first[a-1]
 	}
+	if slices.Max(c.byteRank[:]) < 256 {
+		c.bytePairs = make([]int32, 1<<16)
+		for i := range c.bytePairs {
+			c.bytePairs[i] = c.search(int32(i>>8), int32(i&0xff))
+		}
+	}
 	return c
 }
 
 // merge is the rank of the token made of tokens a and b, or noRank.
 func (c *bpeCounter) merge(a, b int32) int32 {
+	if a|b < 256 && c.bytePairs != nil {
+		return c.bytePairs[a<<8|b]
+	}
+	return c.search(a, b)
+}
+
+func (c *bpeCounter) search(a, b int32) int32 {
 	lo, hi := c.first[a], c.first[a+1]
 	for hi-lo > 8 {
 		mid := int32(uint32(lo+hi) >> 1)
