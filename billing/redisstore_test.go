@@ -148,7 +148,7 @@ func TestStoreConcurrentAdmissions(t *testing.T) {
 }
 
 // redisStore is a RedisStore on a fresh redis-server.
-func redisStore(t *testing.T) *RedisStore {
+func redisStore(t testing.TB) *RedisStore {
 	r := testenv.StartRedis(t)
 	s, err := NewRedisStore(r.URL())
 	if err != nil {
