@@ -119,23 +119,34 @@ func redactURL(u string) string {
 }
 
 // budgetScript purges expired reservations (in batches: Lua's unpack takes
-// a few thousand values at most), reads the day, and with
-// ARGV[5] == "admit" reserves ARGV[2] for request ARGV[1] when
-// spent + reserved < limit. The clock is Redis's, shared by all sidecars.
-// Amounts stay below 2^53 nano-dollars, exact in Lua's numbers.
+// a few thousand values at most), reads the day, and with ARGV[5] ==
+// "admit" reserves ARGV[2] for request ARGV[1] when spent + reserved <
+// limit. The total reserved is kept in KEYS[5] beside the reservations, so
+// a check costs the same with ten open reservations or ten thousand; a day
+// written before that key existed gets it summed once. The clock is
+// Redis's, shared by all sidecars. Amounts stay below 2^53 nano-dollars,
+// exact in Lua's numbers.
 var budgetScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local reserved = tonumber(redis.call('GET', KEYS[5]) or '-1')
+if reserved < 0 then
+  reserved = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do reserved = reserved + tonumber(v) end
+end
 while true do
   local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
   if #expired == 0 then break end
+  for _, v in ipairs(redis.call('HMGET', KEYS[2], unpack(expired))) do
+    if v then reserved = reserved - tonumber(v) end
+  end
   redis.call('HDEL', KEYS[2], unpack(expired))
   redis.call('ZREM', KEYS[3], unpack(expired))
 end
+if reserved < 0 then reserved = 0 end
+redis.call('SET', KEYS[5], reserved, 'EX', ARGV[6])
 local limit = tonumber(redis.call('GET', KEYS[4]) or ARGV[3])
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-local reserved = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do reserved = reserved + tonumber(v) end
 if ARGV[5] ~= 'admit' then return {0, limit, spent, reserved} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {1, limit, spent, reserved} end
 if spent + reserved >= limit then return {0, limit, spent, reserved} end
@@ -144,6 +155,7 @@ redis.call('HSET', KEYS[2], ARGV[1], amount)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('SET', KEYS[5], reserved + amount, 'EX', ARGV[6])
 return {1, limit, spent, reserved + amount}`)
 
 // renewScript moves a live reservation's expiry to now + ARGV[2] ms. XX:
@@ -155,7 +167,14 @@ return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])`)
 
 // settleScript replaces a reservation by the actual cost, once.
 var settleScript = redis.NewScript(`
-redis.call('HDEL', KEYS[2], ARGV[1])
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  local left = tonumber(redis.call('GET', KEYS[5]) or '-1')
+  if left >= 0 then
+    redis.call('SET', KEYS[5], math.max(left - tonumber(held), 0), 'EX', ARGV[3])
+  end
+end
 redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then
   redis.call('INCRBY', KEYS[1], ARGV[2])
@@ -165,7 +184,7 @@ end
 return 0`)
 
 func (r *RedisStore) run(ctx context.Context, user, day, id string, amount, limit Nanos, ttl time.Duration, mode string) (Budget, error) {
-	keys := []string{BudgetKey(user, day), reservedKey(user, day), expiryKey(user, day), limitKey(user)}
+	keys := []string{BudgetKey(user, day), reservedKey(user, day), expiryKey(user, day), limitKey(user), reservedSumKey(user, day)}
 	res, err := budgetScript.Run(ctx, r.rdb, keys, id, int64(amount), int64(limit), ttl.Milliseconds(), mode,
 		int64(keyTTL.Seconds())).Int64Slice()
 	if err != nil {
@@ -194,7 +213,8 @@ func (r *RedisStore) Budget(ctx context.Context, user, day string, limit Nanos) 
 }
 
 func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
-	keys := []string{BudgetKey(s.User, s.Day), reservedKey(s.User, s.Day), expiryKey(s.User, s.Day), settledKey(s.User, s.RequestID)}
+	keys := []string{BudgetKey(s.User, s.Day), reservedKey(s.User, s.Day), expiryKey(s.User, s.Day), settledKey(s.User, s.RequestID),
+		reservedSumKey(s.User, s.Day)}
 	n, err := settleScript.Run(ctx, r.rdb, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds())).Int()
 	if err != nil {
 		return false, fmt.Errorf("settle %s: %w", s.RequestID, err)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -171,7 +173,7 @@ func TestRedisKeysAreIntegersInOneSlot(t *testing.T) {
 	if ttl := s.rdb.TTL(ctx, "budget:{dave}:2026-11-27").Val(); ttl <= 0 || ttl > keyTTL {
 		t.Fatalf("ttl = %v", ttl)
 	}
-	for _, k := range []string{reservedKey("dave", "d"), expiryKey("dave", "d"), limitKey("dave"), settledKey("dave", "x")} {
+	for _, k := range []string{reservedKey("dave", "d"), expiryKey("dave", "d"), limitKey("dave"), settledKey("dave", "x"), reservedSumKey("dave", "d")} {
 		if slot(k) != slot(BudgetKey("dave", "d")) {
 			t.Fatalf("%s is not in dave's slot", k)
 		}
@@ -301,4 +303,56 @@ func TestRedisClientLogsAreStructured(t *testing.T) {
 	if !strings.Contains(buf.String(), `"level":"DEBUG"`) || !strings.Contains(buf.String(), `"component":"go-redis"`) {
 		t.Fatalf("go-redis logged %q", buf.String())
 	}
+}
+
+// The total kept beside the reservations always equals their sum, through
+// admissions, settlements, expiries and a day written before the total
+// existed; so a check no longer reads every open reservation.
+func TestRedisReservedTotalMatchesReservations(t *testing.T) {
+	s := redisStore(t)
+	ctx := context.Background()
+	sum := func() int64 {
+		var n int64
+		for _, v := range s.rdb.HVals(ctx, reservedKey("tot", "d")).Val() {
+			x, _ := strconv.ParseInt(v, 10, 64)
+			n += x
+		}
+		return n
+	}
+	check := func(step string) {
+		t.Helper()
+		b, err := s.Budget(ctx, "tot", "d", 1<<40)
+		if err != nil || int64(b.Reserved) != sum() {
+			t.Fatalf("%s: reserved %d, open reservations sum to %d (%v)", step, b.Reserved, sum(), err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 300 {
+		id := fmt.Sprint(i)
+		ttl := time.Minute
+		if rng.IntN(4) == 0 {
+			ttl = 50 * time.Millisecond // some expire
+		}
+		if _, err := s.Admit(ctx, Admission{User: "tot", Day: "d", RequestID: id, Amount: Nanos(1 + rng.IntN(1000)), Limit: 1 << 40, TTL: ttl}); err != nil {
+			t.Fatal(err)
+		}
+		if rng.IntN(2) == 0 {
+			if _, err := s.Settle(ctx, Settlement{User: "tot", Day: "d", RequestID: fmt.Sprint(rng.IntN(i + 1)), Amount: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%50 == 0 {
+			time.Sleep(60 * time.Millisecond)
+		}
+	}
+	check("after a mixed run")
+	time.Sleep(60 * time.Millisecond)
+	check("after expiries")
+	// A day from before the total: reservations in the hash, no total.
+	s.rdb.Del(ctx, reservedSumKey("tot", "d"))
+	check("without the total")
+	if _, err := s.Settle(ctx, Settlement{User: "tot", Day: "d", RequestID: "x", Amount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	check("after a settlement")
 }

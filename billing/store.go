@@ -80,7 +80,10 @@ func BudgetKey(user, day string) string { return fmt.Sprintf("budget:{%s}:%s", u
 
 func reservedKey(user, day string) string { return fmt.Sprintf("reserved:{%s}:%s", user, day) }
 func expiryKey(user, day string) string   { return fmt.Sprintf("reservexp:{%s}:%s", user, day) }
-func limitKey(user string) string         { return fmt.Sprintf("limit:{%s}", user) }
+func reservedSumKey(user, day string) string {
+	return fmt.Sprintf("reservedsum:{%s}:%s", user, day)
+}
+func limitKey(user string) string { return fmt.Sprintf("limit:{%s}", user) }
 
 func settledKey(user, requestID string) string {
 	return fmt.Sprintf("settled:{%s}:%s", user, requestID)
