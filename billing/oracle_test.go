@@ -85,16 +85,19 @@ func TestCountEqualsTiktokenOnLongRuns(t *testing.T) {
 	}
 }
 
-// The heap merge and tiktoken's own quadratic loop agree on long pieces
-// where the oracle itself would take too long.
-func TestHeapMergeEqualsQuadraticMerge(t *testing.T) {
+// The queued merge (a heap up to bucketMin bytes, rank buckets beyond) and
+// tiktoken's own quadratic loop agree on long pieces where the oracle
+// itself would take too long.
+func TestQueuedMergeEqualsQuadraticMerge(t *testing.T) {
 	tk := newTokenizer(t)
 	s := &scratch{}
-	for _, unit := range []string{"a", "ab", "abc", "😀", "東京", "xyzzy", "\x00\xff"} {
-		p := strings.Repeat(unit, 32<<10/len(unit))
-		for _, c := range []*bpeCounter{tk.o200k, tk.cl100k} {
-			if h, q := c.mergeHeap(s, p), c.mergeSmall(s, p); h != q {
-				t.Errorf("%q×%d: heap %d, quadratic %d", unit, len(p)/len(unit), h, q)
+	for _, size := range []int{2 << 10, 32 << 10} {
+		for _, unit := range []string{"a", "ab", "abc", "😀", "東京", "xyzzy", "\x00\xff", "the cat ", "数据"} {
+			p := strings.Repeat(unit, size/len(unit))
+			for _, c := range []*bpeCounter{tk.o200k, tk.cl100k} {
+				if q, want := c.mergeQueued(s, p), c.mergeSmall(s, p); q != want {
+					t.Errorf("%q×%d: queued %d, quadratic %d", unit, len(p)/len(unit), q, want)
+				}
 			}
 		}
 	}
