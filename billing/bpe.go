@@ -45,6 +45,9 @@ type scratch struct {
 	// point into a ring of piece bytes; one whose bytes were overwritten
 	// simply no longer matches.
 	seen  [seenSlots]seenEntry
+	// Recently looked-up token pairs: scripts of many-byte characters merge
+	// the same pairs over and over, and a hit here saves a search.
+	pairs [pairSlots]pairEntry
 	ring  [ringSize]byte
 	ringN uint32 // bytes ever written to ring
 }
@@ -54,6 +57,10 @@ const (
 	ringSize  = 64 << 10
 	seenMax   = 32 // longest piece remembered, in bytes
 )
+
+const pairSlots = 1 << 14
+
+type pairEntry struct{ a, b, merged int32 }
 
 type seenEntry struct {
 	at     uint32 // ringN when the piece was written
@@ -109,6 +116,20 @@ func (c *bpeCounter) merge(a, b int32) int32 {
 		return c.bytePairs[a<<8|b]
 	}
 	return c.search(a, b)
+}
+
+// mergeIn is merge through s's cache of recent pairs.
+func (c *bpeCounter) mergeIn(s *scratch, a, b int32) int32 {
+	if a|b < 256 && c.bytePairs != nil {
+		return c.bytePairs[a<<8|b]
+	}
+	e := &s.pairs[(uint32(a)*0x9e3779b1^uint32(b)*0x85ebca77)>>(32-14)]
+	if e.a == a && e.b == b && e.merged != 0 {
+		return e.merged - 1
+	}
+	m := c.search(a, b)
+	*e = pairEntry{a: a, b: b, merged: m + 1} // 0 marks an empty slot
+	return m
 }
 
 func (c *bpeCounter) search(a, b int32) int32 {
@@ -201,7 +222,7 @@ func (c *bpeCounter) mergeSmall(s *scratch, p string) int {
 		tok = append(tok, c.byteRank[p[i]])
 	}
 	for i := 0; i+1 < len(tok); i++ {
-		rank = append(rank, c.merge(tok[i], tok[i+1]))
+		rank = append(rank, c.mergeIn(s, tok[i], tok[i+1]))
 	}
 	for len(rank) > 0 {
 		best, at := int32(noRank), -1
@@ -219,10 +240,10 @@ func (c *bpeCounter) mergeSmall(s *scratch, p string) int {
 		tok = append(tok[:at+1], tok[at+2:]...)
 		rank = append(rank[:at], rank[at+1:]...)
 		if at < len(rank) {
-			rank[at] = c.merge(tok[at], tok[at+1])
+			rank[at] = c.mergeIn(s, tok[at], tok[at+1])
 		}
 		if at > 0 {
-			rank[at-1] = c.merge(tok[at-1], tok[at])
+			rank[at-1] = c.mergeIn(s, tok[at-1], tok[at])
 		}
 	}
 	s.tok, s.rank = tok, rank
@@ -250,7 +271,7 @@ func (c *bpeCounter) mergeQueued(s *scratch, p string) int {
 	}
 	s.heap = s.heap[:0]
 	for i := 0; i+1 < n; i++ {
-		if rank[i] = c.merge(tok[i], tok[i+1]); rank[i] != noRank {
+		if rank[i] = c.mergeIn(s, tok[i], tok[i+1]); rank[i] != noRank {
 			q.push(rank[i], int32(i))
 		}
 	}
@@ -272,12 +293,12 @@ func (c *bpeCounter) mergeQueued(s *scratch, p string) int {
 		parts--
 		rank[i] = noRank
 		if next[i] >= 0 {
-			if rank[i] = c.merge(tok[i], tok[next[i]]); rank[i] != noRank {
+			if rank[i] = c.mergeIn(s, tok[i], tok[next[i]]); rank[i] != noRank {
 				q.push(rank[i], i)
 			}
 		}
 		if k := prev[i]; k >= 0 {
-			if rank[k] = c.merge(tok[k], tok[i]); rank[k] != noRank {
+			if rank[k] = c.mergeIn(s, tok[k], tok[i]); rank[k] != noRank {
 				q.push(rank[k], k)
 			}
 		}
