@@ -44,7 +44,7 @@ type scratch struct {
 	// here, in cache, saves a miss in the 200,000-entry rank map. Entries
 	// point into a ring of piece bytes; one whose bytes were overwritten
 	// simply no longer matches.
-	seen  [seenSlots]seenEntry
+	seen [seenSlots]seenEntry
 	// Recently looked-up token pairs: scripts of many-byte characters merge
 	// the same pairs over and over, and a hit here saves a search.
 	pairs [pairSlots]pairEntry
