@@ -49,7 +49,8 @@ LOADTEST_DURATION ?= 5s
 loadtest:
 	@mkdir -p .tmp
 	ENVOY_BIN="$$(scripts/envoy-path.sh)" LOADTEST=1 LOADTEST_DURATION=$(LOADTEST_DURATION) LOADTEST_OUT=$(CURDIR)/.tmp/loadtest.txt \
-	  $(GO) test -count=1 -run '^TestLoadTest$$' -v -timeout 30m ./envoy/ | sed -n '/make loadtest,/,/^---/p'
+	  $(GO) test -count=1 -run '^$$' -bench '^BenchmarkLoadTest$$' -benchtime 1x -timeout 30m ./envoy/ | grep -E '^(ok|FAIL|--- FAIL|panic)'
+	@cat .tmp/loadtest.txt
 
 SOAK_CLIENTS ?= 32
 SOAK_DURATION ?= 2m

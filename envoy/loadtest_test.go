@@ -18,16 +18,23 @@ import (
 	"github.com/aifirewall/aifirewall/internal/testenv"
 )
 
-// TestLoadTest is `make loadtest`: the same streaming load, in one run,
+// BenchmarkLoadTest is `make loadtest`: the same streaming load, in one run,
 // against (a) the fake upstream directly, (b) Envoy alone with the
 // generated configuration minus the ext_proc filter, and (c) Envoy with
 // the sidecar and Redis, printing one table with the ratios (c)/(b). It
-// measures and prints; it fails only when requests fail. Off unless
-// LOADTEST=1: it takes minutes and the whole machine.
-func TestLoadTest(t *testing.T) {
+// measures and prints, once (-benchtime 1x); it fails only when requests
+// fail. Off unless LOADTEST=1, so that `make bench` stays short: it takes
+// minutes and the whole machine.
+func BenchmarkLoadTest(b *testing.B) {
 	if os.Getenv("LOADTEST") == "" {
-		t.Skip("measurement, not a test: run it with `make loadtest`")
+		b.Skip("run it with `make loadtest`")
 	}
+	for b.Loop() {
+		loadTest(b)
+	}
+}
+
+func loadTest(t testing.TB) {
 	dur := 5 * time.Second
 	if d, err := time.ParseDuration(os.Getenv("LOADTEST_DURATION")); err == nil && d > 0 {
 		dur = min(d, time.Minute)
@@ -119,7 +126,7 @@ func TestLoadTest(t *testing.T) {
 	}
 }
 
-func cpuTimes(t *testing.T, pids map[string]int) map[string]time.Duration {
+func cpuTimes(t testing.TB, pids map[string]int) map[string]time.Duration {
 	m := map[string]time.Duration{}
 	for name, pid := range pids {
 		d, err := loadgen.CPUTime(pid)
