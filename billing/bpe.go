@@ -110,16 +110,9 @@ func newCounter(ranks map[string]int, o200k bool) *bpeCounter {
 	return c
 }
 
-// merge is the rank of the token made of tokens a and b, or noRank.
-func (c *bpeCounter) merge(a, b int32) int32 {
-	if a|b < 256 && c.bytePairs != nil {
-		return c.bytePairs[a<<8|b]
-	}
-	return c.search(a, b)
-}
-
-// mergeIn is merge through s's cache of recent pairs.
-func (c *bpeCounter) mergeIn(s *scratch, a, b int32) int32 {
+// merge is the rank of the token made of tokens a and b, or noRank,
+// through s's cache of recent pairs.
+func (c *bpeCounter) merge(s *scratch, a, b int32) int32 {
 	if a|b < 256 && c.bytePairs != nil {
 		return c.bytePairs[a<<8|b]
 	}
@@ -128,10 +121,13 @@ func (c *bpeCounter) mergeIn(s *scratch, a, b int32) int32 {
 		return e.merged - 1
 	}
 	m := c.search(a, b)
-	*e = pairEntry{a: a, b: b, merged: m + 1} // 0 marks an empty slot
+	// Stored plus one, so that a zero slot is empty; noRank wraps around
+	// and back, which Go defines for int32.
+	*e = pairEntry{a: a, b: b, merged: m + 1}
 	return m
 }
 
+// search finds the merge of a and b in the pair table.
 func (c *bpeCounter) search(a, b int32) int32 {
 	lo, hi := c.first[a], c.first[a+1]
 	for hi-lo > 8 {
@@ -222,7 +218,7 @@ func (c *bpeCounter) mergeSmall(s *scratch, p string) int {
 		tok = append(tok, c.byteRank[p[i]])
 	}
 	for i := 0; i+1 < len(tok); i++ {
-		rank = append(rank, c.mergeIn(s, tok[i], tok[i+1]))
+		rank = append(rank, c.merge(s, tok[i], tok[i+1]))
 	}
 	for len(rank) > 0 {
 		best, at := int32(noRank), -1
@@ -240,10 +236,10 @@ func (c *bpeCounter) mergeSmall(s *scratch, p string) int {
 		tok = append(tok[:at+1], tok[at+2:]...)
 		rank = append(rank[:at], rank[at+1:]...)
 		if at < len(rank) {
-			rank[at] = c.mergeIn(s, tok[at], tok[at+1])
+			rank[at] = c.merge(s, tok[at], tok[at+1])
 		}
 		if at > 0 {
-			rank[at-1] = c.mergeIn(s, tok[at-1], tok[at])
+			rank[at-1] = c.merge(s, tok[at-1], tok[at])
 		}
 	}
 	s.tok, s.rank = tok, rank
@@ -271,7 +267,7 @@ func (c *bpeCounter) mergeQueued(s *scratch, p string) int {
 	}
 	s.heap = s.heap[:0]
 	for i := 0; i+1 < n; i++ {
-		if rank[i] = c.mergeIn(s, tok[i], tok[i+1]); rank[i] != noRank {
+		if rank[i] = c.merge(s, tok[i], tok[i+1]); rank[i] != noRank {
 			q.push(rank[i], int32(i))
 		}
 	}
@@ -293,12 +289,12 @@ func (c *bpeCounter) mergeQueued(s *scratch, p string) int {
 		parts--
 		rank[i] = noRank
 		if next[i] >= 0 {
-			if rank[i] = c.mergeIn(s, tok[i], tok[next[i]]); rank[i] != noRank {
+			if rank[i] = c.merge(s, tok[i], tok[next[i]]); rank[i] != noRank {
 				q.push(rank[i], i)
 			}
 		}
 		if k := prev[i]; k >= 0 {
-			if rank[k] = c.mergeIn(s, tok[k], tok[i]); rank[k] != noRank {
+			if rank[k] = c.merge(s, tok[k], tok[i]); rank[k] != noRank {
 				q.push(rank[k], k)
 			}
 		}

@@ -2,6 +2,7 @@ package provider
 
 import (
 	"bytes"
+	"math"
 	"strconv"
 	"unicode/utf8"
 
@@ -78,17 +79,13 @@ func includeUsage(root gjson.Result) (bool, error) {
 	if !opts.IsObject() {
 		return false, badRequest("stream_options", "'stream_options' must be an object")
 	}
-	switch v := opts.Get("include_usage"); v.Type {
+	switch opts.Get("include_usage").Type {
 	case gjson.True:
 		return true, nil
-	case gjson.False, gjson.Null:
+	case gjson.False, gjson.Null: // Null: absent too
 		return false, nil
-	default:
-		if !v.Exists() {
-			return false, nil
-		}
-		return false, badRequest("stream_options.include_usage", "'stream_options.include_usage' must be a boolean")
 	}
+	return false, badRequest("stream_options.include_usage", "'stream_options.include_usage' must be a boolean")
 }
 
 func (c Chat) NewMeter(req *Request, tk *billing.Tokenizer) Meter {
@@ -249,7 +246,7 @@ func commonFields(root gjson.Result, limits ...string) (*Request, error) {
 		req.User = u.String()
 	}
 	for _, name := range limits {
-		n, err := intField(root, name, 0, maxInt)
+		n, err := intField(root, name, 0, math.MaxInt64)
 		if err != nil {
 			return nil, err
 		}
@@ -257,8 +254,6 @@ func commonFields(root gjson.Result, limits ...string) (*Request, error) {
 	}
 	return req, nil
 }
-
-const maxInt = 1<<63 - 1
 
 // intField reads an optional integer member within [lo, hi]; absent or
 // null reads as 0.
@@ -269,7 +264,7 @@ func intField(root gjson.Result, name string, lo, hi int64) (int64, error) {
 	}
 	n, err := strconv.ParseInt(v.Raw, 10, 64)
 	if v.Type != gjson.Number || err != nil || n < lo || n > hi {
-		if hi == maxInt {
+		if hi == math.MaxInt64 {
 			return 0, badRequest(name, "'%s' must be an integer of at least %d", name, lo)
 		}
 		return 0, badRequest(name, "'%s' must be an integer from %d to %d", name, lo, hi)
