@@ -55,6 +55,20 @@ func ParseUSD(s string) (Nanos, error) {
 	return Nanos(w)*NanosPerUSD + Nanos(f), nil
 }
 
+// ParsePerMTok reads dollars per million tokens ("0.15") as nano-dollars
+// per token, the unit prices are kept in; a price finer than that is an
+// error rather than a rounding.
+func ParsePerMTok(s string) (Nanos, error) {
+	n, err := ParseUSD(s)
+	if err != nil {
+		return 0, err
+	}
+	if n%1_000_000 != 0 {
+		return 0, fmt.Errorf("%q per million tokens is finer than a nano-dollar per token", s)
+	}
+	return n / 1_000_000, nil
+}
+
 // MaxReportedUSD bounds a provider-reported charge for one request. Larger
 // figures are a broken or hostile upstream, not a bill; the bound also keeps
 // every amount far below 2^53, exact in Redis's Lua numbers.

@@ -62,16 +62,34 @@ func LoadPrices(overridePath string, fallback Price) (*Prices, error) {
 	if err := t.merge(embeddedPrices); err != nil {
 		return nil, fmt.Errorf("embedded prices: %w", err)
 	}
+	if overridePath == "" {
+		return t, nil
+	}
+	return t.With(overridePath, nil)
+}
+
+// With returns a copy of the table with the prices of the file at
+// overridePath (LiteLLM's JSON, may be "") and then those of models laid
+// over it: one provider's own prices over the shared table.
+func (t *Prices) With(overridePath string, models map[string]Price) (*Prices, error) {
+	c := &Prices{models: make(map[string]Price, len(t.models)+len(models)), fallback: t.fallback, OnUnknown: t.OnUnknown}
+	for m, p := range t.models {
+		c.models[m] = p
+	}
 	if overridePath != "" {
 		raw, err := os.ReadFile(overridePath)
 		if err != nil {
 			return nil, fmt.Errorf("read pricing file: %w", err)
 		}
-		if err := t.merge(raw); err != nil {
+		if err := c.merge(raw); err != nil {
 			return nil, fmt.Errorf("pricing file %s: %w", overridePath, err)
 		}
 	}
-	return t, nil
+	for m, p := range models {
+		// Keys are looked up lower-cased (see candidates).
+		c.models[strings.ToLower(strings.TrimSpace(m))] = p
+	}
+	return c, nil
 }
 
 type priceRow struct {

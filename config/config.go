@@ -19,6 +19,7 @@ import (
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/processor/provider"
+	"github.com/aifirewall/aifirewall/providers"
 )
 
 // DefaultAPIKey is the seed's default client key; running with it logs a warning.
@@ -30,8 +31,11 @@ type Config struct {
 	UpstreamBaseURL  string `env:"UPSTREAM_BASE_URL" envDefault:"https://openrouter.ai/api"`
 	UpstreamAPIKey   string `env:"UPSTREAM_API_KEY"`
 	UpstreamProvider string `env:"UPSTREAM_PROVIDER"`
-	RedisURL         string `env:"REDIS_URL" envDefault:"redis://redis:6379/0"`
-	RedisCAFile      string `env:"REDIS_CA_FILE"`
+	// PROVIDERS_FILE lists several providers, their routes and the egress
+	// policy; it replaces the UPSTREAM_* one-provider shorthand.
+	ProvidersFile string `env:"PROVIDERS_FILE"`
+	RedisURL      string `env:"REDIS_URL" envDefault:"redis://redis:6379/0"`
+	RedisCAFile   string `env:"REDIS_CA_FILE"`
 	// BudgetStore: "redis" (production), "memory" (this process only) or
 	// "auto" (Redis when it answers at start, else memory, with a warning).
 	BudgetStore      string        `env:"BUDGET_STORE" envDefault:"redis"`
@@ -76,6 +80,7 @@ type Config struct {
 	Limit     billing.Nanos
 	Location  *time.Location
 	Provider  provider.Kind
+	Providers *providers.File // nil: the UPSTREAM_* shorthand
 	Fallback  billing.Price
 	Level     slog.Level
 	UsedFiles []string
@@ -108,6 +113,16 @@ func (c *Config) derive() error {
 	}
 	if c.Location, err = time.LoadLocation(c.BudgetTimezone); err != nil {
 		return fmt.Errorf("BUDGET_TIMEZONE: %q is not an IANA time zone (e.g. UTC, Europe/Paris)", c.BudgetTimezone)
+	}
+	if c.ProvidersFile != "" {
+		for _, name := range []string{"UPSTREAM_BASE_URL", "UPSTREAM_API_KEY", "UPSTREAM_PROVIDER"} {
+			if os.Getenv(name) != "" {
+				return fmt.Errorf("PROVIDERS_FILE and %s are both set: the providers file names every upstream and its key; unset %s", name, name)
+			}
+		}
+		if c.Providers, err = providers.Load(c.ProvidersFile); err != nil {
+			return fmt.Errorf("PROVIDERS_FILE: %w", err)
+		}
 	}
 	u, err := url.Parse(c.UpstreamBaseURL)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
@@ -142,10 +157,10 @@ func (c *Config) derive() error {
 			return fmt.Errorf("%s: %q is not host:port", name, addr)
 		}
 	}
-	if c.Fallback.Input, err = perMTok(c.FallbackInput); err != nil {
+	if c.Fallback.Input, err = billing.ParsePerMTok(c.FallbackInput); err != nil {
 		return fmt.Errorf("FALLBACK_INPUT_PRICE_PER_MTOK: %v", err)
 	}
-	if c.Fallback.Output, err = perMTok(c.FallbackOutput); err != nil {
+	if c.Fallback.Output, err = billing.ParsePerMTok(c.FallbackOutput); err != nil {
 		return fmt.Errorf("FALLBACK_OUTPUT_PRICE_PER_MTOK: %v", err)
 	}
 	if err := c.Level.UnmarshalText([]byte(c.LogLevel)); err != nil {
@@ -188,18 +203,6 @@ func (c *Config) derive() error {
 		return errors.New("MAX_REQUEST_BODY_BYTES: must be at least 1024")
 	}
 	return nil
-}
-
-// perMTok turns dollars per million tokens into nano-dollars per token.
-func perMTok(s string) (billing.Nanos, error) {
-	n, err := billing.ParseUSD(s)
-	if err != nil {
-		return 0, err
-	}
-	if n%1_000_000 != 0 {
-		return 0, fmt.Errorf("%q per million tokens is finer than a nano-dollar per token", s)
-	}
-	return n / 1_000_000, nil
 }
 
 // firstError keeps the first of env's aggregated errors as one line that

@@ -68,3 +68,27 @@ func TestUnixSocketAddresses(t *testing.T) {
 		t.Fatalf("config %+v, %v", c, err)
 	}
 }
+
+func TestProvidersFile(t *testing.T) {
+	t.Setenv("PROVIDERS_FILE", "../deploy/providers.example.yaml")
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Providers == nil || len(c.Providers.Providers) != 3 {
+		t.Fatalf("providers: %+v", c.Providers)
+	}
+	// One reading: the shorthand and the file never mix.
+	t.Setenv("UPSTREAM_API_KEY", "sk-something")
+	if _, err := Load(""); err == nil || !strings.Contains(err.Error(), "PROVIDERS_FILE and UPSTREAM_API_KEY are both set") ||
+		strings.Contains(err.Error(), "sk-something") {
+		t.Fatalf("both set: %v", err)
+	}
+	t.Setenv("UPSTREAM_API_KEY", "")
+	bad := filepath.Join(t.TempDir(), "p.yaml")
+	os.WriteFile(bad, []byte("providers:\n  - name: x\n    formt: openai\n"), 0o600)
+	t.Setenv("PROVIDERS_FILE", bad)
+	if _, err := Load(""); err == nil || !strings.Contains(err.Error(), "PROVIDERS_FILE: "+bad+":3: unknown field \"formt\"") {
+		t.Fatalf("bad file: %v", err)
+	}
+}

@@ -80,16 +80,19 @@ const (
 	OpenAI     Kind = "openai"
 	OpenRouter Kind = "openrouter"
 	Anthropic  Kind = "anthropic"
+	// OpenAICompatible is a host speaking OpenAI's API (vLLM, an internal
+	// gateway): metered as OpenAI, and a cost it reports is not believed.
+	OpenAICompatible Kind = "openai-compatible"
 )
 
 // ParseKind reads UPSTREAM_PROVIDER; empty means "from the base URL".
 func ParseKind(explicit, baseURL string) (Kind, error) {
 	switch k := Kind(strings.ToLower(strings.TrimSpace(explicit))); k {
-	case OpenAI, OpenRouter, Anthropic:
+	case OpenAI, OpenRouter, Anthropic, OpenAICompatible:
 		return k, nil
 	case "":
 	default:
-		return "", fmt.Errorf("unknown provider %q (want openai, openrouter or anthropic)", explicit)
+		return "", fmt.Errorf("unknown provider %q (want openai, openrouter, anthropic or openai-compatible)", explicit)
 	}
 	u, err := url.Parse(baseURL)
 	if err != nil {
