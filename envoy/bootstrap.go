@@ -5,9 +5,9 @@
 package envoy
 
 import (
+	"cmp"
 	"fmt"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +18,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -34,14 +33,19 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"sigs.k8s.io/yaml"
+
+	"github.com/aifirewall/aifirewall/providers"
 )
 
 // Options are the settings the Envoy configuration is built from.
 type Options struct {
-	ListenAddr   string // where clients connect, e.g. "0.0.0.0:8000"
-	AdminAddr    string // Envoy's admin interface, e.g. "127.0.0.1:9901"
-	ExtProcAddr  string // where Envoy reaches the sidecar, e.g. "aifirewall:50051" or "unix:/run/aifirewall/extproc.sock"
-	UpstreamURL  string // UPSTREAM_BASE_URL
+	ListenAddr  string // where clients connect, e.g. "0.0.0.0:8000"
+	AdminAddr   string // Envoy's admin interface, e.g. "127.0.0.1:9901"
+	ExtProcAddr string // where Envoy reaches the sidecar, e.g. "aifirewall:50051" or "unix:/run/aifirewall/extproc.sock"
+	UpstreamURL string // UPSTREAM_BASE_URL: the one provider, serving every path
+	// Providers, when set, replace UpstreamURL: the providers file's
+	// upstreams, each routed by host and/or path prefix.
+	Providers    []providers.Provider
 	MaxBodyBytes uint32 // larger request bodies get 413 from Envoy
 	// CACertFile verifies the upstream's TLS certificate (https upstreams).
 	CACertFile string
@@ -57,16 +61,13 @@ type Options struct {
 	WithoutFirewall bool
 }
 
-const (
-	upstreamCluster = "llm_upstream"
-	extProcCluster  = "aifirewall_extproc"
-)
+const extProcCluster = "aifirewall_extproc"
 
 // Bootstrap builds the configuration.
 func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
-	up, err := url.Parse(o.UpstreamURL)
-	if err != nil || up.Host == "" || (up.Scheme != "http" && up.Scheme != "https") {
-		return nil, fmt.Errorf("UPSTREAM_BASE_URL %q must be an http:// or https:// URL", o.UpstreamURL)
+	ups, err := providerList(o)
+	if err != nil {
+		return nil, err
 	}
 	listen, err := socketAddress(o.ListenAddr, "")
 	if err != nil {
@@ -79,13 +80,17 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 	if o.MessageTimeout <= 0 {
 		o.MessageTimeout = 10 * time.Second
 	}
-	hcm, err := connectionManager(o, up)
+	hcm, err := connectionManager(o, ups)
 	if err != nil {
 		return nil, err
 	}
-	upCluster, err := upstream(o, up)
-	if err != nil {
-		return nil, err
+	var clusters []*clusterv3.Cluster
+	for _, p := range ups {
+		c, err := upstream(o, p)
+		if err != nil {
+			return nil, err
+		}
+		clusters = append(clusters, c)
 	}
 	epCluster, err := extProc(o.ExtProcAddr)
 	if err != nil {
@@ -109,12 +114,12 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 				PerConnectionBufferLimitBytes: wrapperspb.UInt32(o.MaxBodyBytes),
 				FilterChains:                  []*listenerv3.FilterChain{chain},
 			}},
-			Clusters: []*clusterv3.Cluster{upCluster, epCluster},
+			Clusters: append(clusters, epCluster),
 		},
 	}, nil
 }
 
-func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
+func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) {
 	extProc := &extprocv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: extProcCluster}}},
@@ -142,41 +147,9 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 		MetadataOptions: &extprocv3.MetadataOptions{ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
 			Untyped: []string{"aifirewall"}}},
 	}
-	disabled, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
+	routes, err := routeConfig(ups)
 	if err != nil {
 		return nil, err
-	}
-	basePath := strings.TrimSuffix(up.Path, "/")
-	forward := &routev3.RouteAction{
-		ClusterSpecifier:     &routev3.RouteAction_Cluster{Cluster: upstreamCluster},
-		HostRewriteSpecifier: &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: up.Host},
-		// LLM streams run for minutes: no overall deadline, only an idle one.
-		Timeout:     durationpb.New(0),
-		IdleTimeout: durationpb.New(5 * time.Minute),
-	}
-	if basePath != "" {
-		forward.PrefixRewrite = basePath + "/"
-	}
-	routes := &routev3.RouteConfiguration{
-		Name: "llm",
-		VirtualHosts: []*routev3.VirtualHost{{
-			Name:    "llm",
-			Domains: []string{"*"},
-			Routes: []*routev3.Route{
-				{
-					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/health"}},
-					Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
-						Status: 200,
-						Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: `{"status":"ok"}`}},
-					}},
-					TypedPerFilterConfig: map[string]*anypb.Any{"envoy.filters.http.ext_proc": disabled},
-				},
-				{
-					Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-					Action: &routev3.Route_Route{Route: forward},
-				},
-			},
-		}},
 	}
 	accessLog, err := anypb.New(&streamv3.StdoutAccessLog{AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{
 		LogFormat: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: accessLogFields()}},
@@ -186,7 +159,7 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 	}
 	typed := func(m proto.Message) *anypb.Any { a, _ := anypb.New(m); return a }
 	filters := []*hcmv3.HttpFilter{
-		{Name: "envoy.filters.http.ext_proc", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}},
+		{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}},
 		{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})}},
 	}
 	if o.WithoutFirewall {
@@ -200,7 +173,15 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 		StreamIdleTimeout: durationpb.New(5 * time.Minute),
 		RequestTimeout:    durationpb.New(0),
 		UseRemoteAddress:  wrapperspb.Bool(true),
-		GenerateRequestId: wrapperspb.Bool(true),
+		// Routing decides the provider and its credential: the path is
+		// normalised before routes see it (so /openai/../anthropic/ is
+		// /anthropic/ for the route and the sidecar alike), and an encoded
+		// slash, which an upstream might decode differently, is refused.
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
+		StripPortMode:                &hcmv3.HttpConnectionManager_StripAnyHostPort{StripAnyHostPort: true},
+		GenerateRequestId:            wrapperspb.Bool(true),
 		AccessLog: []*accesslogv3.AccessLog{{
 			Name:       "envoy.access_loggers.stdout",
 			ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: accessLog},
@@ -209,19 +190,20 @@ func connectionManager(o Options, up *url.URL) (*anypb.Any, error) {
 	})
 }
 
-func upstream(o Options, up *url.URL) (*clusterv3.Cluster, error) {
+func upstream(o Options, p providers.Provider) (*clusterv3.Cluster, error) {
+	up := p.URL
 	defaultPort := "80"
 	if up.Scheme == "https" {
 		defaultPort = "443"
 	}
 	addr, err := socketAddress(up.Host, defaultPort)
 	if err != nil {
-		return nil, fmt.Errorf("UPSTREAM_BASE_URL: %w", err)
+		return nil, fmt.Errorf("provider %s: base URL: %w", p.Name, err)
 	}
-	c := staticOrDNS(upstreamCluster, addr)
+	c := staticOrDNS(clusterName(p), addr)
 	c.ConnectTimeout = durationpb.New(5 * time.Second)
 	if up.Scheme == "https" {
-		ca := o.CACertFile
+		ca := cmp.Or(p.CAFile, o.CACertFile)
 		if ca == "" {
 			ca = "/etc/ssl/certs/ca-certificates.crt"
 		}
@@ -349,7 +331,7 @@ func accessLogFields() *structpb.Struct {
 		"bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%", "upstream": "%UPSTREAM_HOST%",
 		"response_flags": "%RESPONSE_FLAGS%",
 	}
-	for _, k := range []string{"decision", "user", "model", "prompt_tokens", "completion_tokens", "cost_usd"} {
+	for _, k := range []string{"decision", "user", "provider", "model", "prompt_tokens", "completion_tokens", "cost_usd"} {
 		fields["aifirewall_"+k] = "%DYNAMIC_METADATA(aifirewall:" + k + ")%"
 	}
 	st, _ := structpb.NewStruct(fields)

@@ -29,6 +29,14 @@ func localReplies(maxBody uint32) *hcmv3.LocalReplyConfig {
 	return &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{
 		mapper(status(413), fmt.Sprintf("the request body is larger than this gateway's limit of %d bytes; send a smaller request", maxBody),
 			"invalid_request_error", "request_too_large"),
+		mapper(and(status(400), notFromSidecar),
+			"Envoy refused this request as malformed before any check (for example a percent-encoded slash or backslash in the path, or an invalid header); fix the request",
+			"invalid_request_error", "malformed_request"),
+		// Checked before the next one: the sidecar admitted the request,
+		// then Envoy could not connect (or complete TLS) to the provider.
+		mapper(and(status(503), upstreamFailed()),
+			"the LLM provider could not be reached from this gateway (connection or TLS failure), so the request was not sent and nothing was billed; retry shortly, and tell your gateway operator if it persists",
+			"service_unavailable", "provider_unreachable"),
 		mapper(and(status(503), notFromSidecar),
 			"the AI firewall could not check this request (its sidecar is unreachable), so it was not forwarded; retry shortly, and tell your gateway operator if it persists",
 			"service_unavailable", "firewall_unavailable"),
@@ -41,6 +49,14 @@ func status(code uint32) *accesslogv3.AccessLogFilter {
 			Op:    accesslogv3.ComparisonFilter_EQ,
 			Value: &corev3.RuntimeUInt32{DefaultValue: code, RuntimeKey: fmt.Sprintf("aifirewall.local_reply.%d", code)},
 		}}}}
+}
+
+// upstreamFailed matches Envoy's response flags for a provider it could not
+// connect to (UF, which covers TLS handshakes and certificate checks) or
+// had no healthy host for (UH).
+func upstreamFailed() *accesslogv3.AccessLogFilter {
+	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
+		ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{"UF", "UH"}}}}
 }
 
 func and(f ...*accesslogv3.AccessLogFilter) *accesslogv3.AccessLogFilter {
