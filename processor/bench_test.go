@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/aifirewall/aifirewall/billing"
-	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 // reportQuantiles adds p50 and p99 of samples to the benchmark output.
@@ -27,7 +27,7 @@ func reportQuantiles(b *testing.B, samples []time.Duration) {
 // the gRPC stream Envoy would use (in-memory transport): for a prompt seen
 // before (a chat history re-sent, counted from the cache) and a new one.
 func BenchmarkRequestPhases(b *testing.B) {
-	r := testenv.StartRedis(b)
+	r := testinfra.StartRedis(b)
 	store, err := billing.NewRedisStore(r.URL())
 	if err != nil {
 		b.Fatal(err)

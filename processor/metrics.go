@@ -33,6 +33,8 @@ const (
 	decisionBadRequest       = "bad_request"
 	decisionNotFound         = "not_found"
 	decisionStoreUnavailable = "store_unavailable"
+	decisionForbidden        = "forbidden" // the egress policy refused it
+	decisionMisrouted        = "misrouted" // Envoy named no provider the sidecar knows
 )
 
 // NewMetrics registers the series with reg. perUser adds a cost series per
@@ -44,12 +46,12 @@ func NewMetrics(reg prometheus.Registerer, perUser bool) *Metrics {
 		}, []string{"decision"}),
 		// OpenTelemetry GenAI semantic conventions: gen_ai.client.token.usage.
 		tokens: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "gen_ai_client_token_usage", Help: "Tokens used per request, by token type and model.",
+			Name: "gen_ai_client_token_usage", Help: "Tokens used per request, by token type, model and provider.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 12),
-		}, []string{"gen_ai_token_type", "gen_ai_request_model"}),
+		}, []string{"gen_ai_token_type", "gen_ai_request_model", "gen_ai_provider_name"}),
 		cost: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "aifirewall_cost_usd_total", Help: "Spend billed, in USD, by model.",
-		}, []string{"gen_ai_request_model"}),
+			Name: "aifirewall_cost_usd_total", Help: "Spend billed, in USD, by model and provider (the providers file's names).",
+		}, []string{"gen_ai_request_model", "gen_ai_provider_name"}),
 		unpriced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aifirewall_unpriced_model_requests_total", Help: "Requests billed at the fallback price because their model is in no price table.",
 		}),
@@ -107,7 +109,7 @@ func (m *Metrics) reservation(delta float64) {
 	}
 }
 
-func (m *Metrics) settled(user, model string, priced bool, u billing.Usage, cost billing.Nanos) {
+func (m *Metrics) settled(user, prov, model string, priced bool, u billing.Usage, cost billing.Nanos) {
 	if m == nil {
 		return
 	}
@@ -121,10 +123,10 @@ func (m *Metrics) settled(user, model string, priced bool, u billing.Usage, cost
 	for typ, n := range map[string]int64{"input": u.Input, "cached_input": u.CacheRead, "cache_write": u.CacheWrite,
 		"output": u.Output, "reasoning": u.Reasoning} {
 		if n > 0 {
-			m.tokens.WithLabelValues(typ, model).Observe(float64(n))
+			m.tokens.WithLabelValues(typ, model, prov).Observe(float64(n))
 		}
 	}
-	m.cost.WithLabelValues(model).Add(float64(cost) / float64(billing.NanosPerUSD))
+	m.cost.WithLabelValues(model, prov).Add(float64(cost) / float64(billing.NanosPerUSD))
 }
 
 func (m *Metrics) distrusted() {

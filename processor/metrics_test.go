@@ -43,10 +43,10 @@ func TestMetricsDecisionsAndUnpricedModels(t *testing.T) {
 		t.Errorf("unpriced = %v", got)
 	}
 	// The fallback price of the harness is 1000 nanos/token: 1M tokens = $1 each.
-	if got := testutil.ToFloat64(m.cost.WithLabelValues("unpriced")); got != 2 {
+	if got := testutil.ToFloat64(m.cost.WithLabelValues("unpriced", "default")); got != 2 {
 		t.Errorf("unpriced cost = %v USD", got)
 	}
-	if got := testutil.ToFloat64(m.cost.WithLabelValues("gpt-4o-mini")); got != 0.15 {
+	if got := testutil.ToFloat64(m.cost.WithLabelValues("gpt-4o-mini", "default")); got != 0.15 {
 		t.Errorf("gpt-4o-mini cost = %v USD", got)
 	}
 	// Client-chosen model names never become label values.

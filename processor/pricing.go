@@ -13,16 +13,16 @@ func (r *request) estimateCost(req *provider.Request) billing.Nanos {
 		out = r.s.cfg.DefaultOutputTokens
 	}
 	out = min(out, provider.MaxUsageTokens) * max(req.N, 1)
-	return min(r.s.prices.For(req.Model).Cost(billing.Usage{Input: req.PromptTokens, Output: out}), billing.MaxCharge)
+	return min(r.prices().For(req.Model).Cost(billing.Usage{Input: req.PromptTokens, Output: out}), billing.MaxCharge)
 }
 
 // price meters the response and prices it.
 func (r *request) price() (billing.Usage, billing.Nanos) {
 	u := r.meter.Usage()
 	model := r.billedModel()
-	_, priced := r.s.prices.Lookup(model)
-	cost := min(r.s.prices.For(model).Cost(u), billing.MaxCharge)
-	r.s.metrics.settled(r.user, model, priced, u, cost)
+	_, priced := r.prices().Lookup(model)
+	cost := min(r.prices().For(model).Cost(u), billing.MaxCharge)
+	r.s.metrics.settled(r.user, r.up.Name, model, priced, u, cost)
 	if why := r.meter.Distrusted(); why != "" {
 		r.s.metrics.distrusted()
 		r.log.Warn("usage reported by the upstream set aside; billed from local counts and the price table", "reason", why)
@@ -38,11 +38,11 @@ func (r *request) billedModel() string {
 	if ran == "" || ran == asked {
 		return asked
 	}
-	pr, known := r.s.prices.Lookup(ran)
+	pr, known := r.prices().Lookup(ran)
 	if !known {
 		return asked
 	}
-	if pa, _ := r.s.prices.Lookup(asked); pa != pr {
+	if pa, _ := r.prices().Lookup(asked); pa != pr {
 		r.s.metrics.modelSwap()
 		r.log.Warn("the provider answered with another model at another price; billed at the model it ran",
 			"requested_model", asked, "answered_model", ran)

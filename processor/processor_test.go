@@ -15,6 +15,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	grpcmd "google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/aifirewall/aifirewall/billing"
@@ -47,6 +48,12 @@ type harness struct {
 // client of it, as Envoy would be.
 func newHarness(t testing.TB, store billing.Store) *harness {
 	t.Helper()
+	return newHarnessWith(t, store, Config{Auth: identity.NewSharedKey("k"), Upstream: provider.OpenAI, UpstreamKey: "up", DailyLimit: billing.NanosPerUSD})
+}
+
+// newHarnessWith serves a processor configured with cfg.
+func newHarnessWith(t testing.TB, store billing.Store, cfg Config) *harness {
+	t.Helper()
 	prices, err := billing.LoadPrices("", billing.Price{Input: 1000, Output: 2000})
 	if err != nil {
 		t.Fatal(err)
@@ -54,8 +61,7 @@ func newHarness(t testing.TB, store billing.Store) *harness {
 	if store == nil {
 		store = billing.NewMemStore()
 	}
-	srv := New(Config{Auth: identity.NewSharedKey("k"), Upstream: provider.OpenAI, UpstreamKey: "up", DailyLimit: billing.NanosPerUSD},
-		store, prices, tokenizer(t), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	srv := New(cfg, store, prices, tokenizer(t), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
@@ -77,7 +83,16 @@ type exchange struct {
 }
 
 func (h *harness) open(t testing.TB) *exchange {
+	return h.openWith(t, nil)
+}
+
+// openWith opens a stream carrying gRPC metadata md, as Envoy sends a
+// route's grpc_initial_metadata.
+func (h *harness) openWith(t testing.TB, md grpcmd.MD) *exchange {
 	ctx, cancel := context.WithCancel(context.Background())
+	if md != nil {
+		ctx = grpcmd.NewOutgoingContext(ctx, md)
+	}
 	s, err := h.client.Process(ctx)
 	if err != nil {
 		t.Fatal(err)

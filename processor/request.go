@@ -38,6 +38,7 @@ type request struct {
 	caller     identity.Caller
 	headerUser string
 	user       string
+	up         *Upstream // the provider Envoy's route chose
 	route      provider.Route
 	req        *provider.Request
 	day        string
@@ -92,9 +93,16 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 	}
 	r.log = r.s.log.With("request_id", r.id)
 	method, path := headerValue(hm, ":method"), headerValue(hm, ":path")
+	up, path, e := r.pickUpstream(ctx, path)
+	if e != nil {
+		r.log.Error("request not routable to a provider", "reason", e.Message)
+		return r.deny(decisionMisrouted, e)
+	}
+	r.up = up
+	r.log = r.log.With("provider", up.Name)
 	ownBudget := method == "GET" && cleanPath(path) == budgetPath
 
-	route, ok := r.s.cfg.Upstream.Route(method, path)
+	route, ok := up.Kind.Route(method, path)
 	if !ok && !ownBudget {
 		return r.deny(decisionNotFound, &apiError{status: 404, Type: "invalid_request_error", Code: "unknown_url",
 			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: %s", method, cleanPath(path), provider.Paths)})
@@ -122,14 +130,21 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 		// Nothing to count or check: never forward it unmetered.
 		return r.deny(decisionBadRequest, invalidRequest("", "the request has no body; send the JSON request body"))
 	}
+	if route.Endpoint == nil {
+		// No body (and no model) will come: the provider is all to check.
+		who := firstNonEmpty(r.caller.User, r.headerUser, "default")
+		if d := r.s.cfg.Policy.Allow(who, up.Name, ""); d != nil {
+			return r.deny(decisionForbidden, forbidden(d))
+		}
+	}
 
 	// The client's credential never reaches the provider: drop it and
 	// present the upstream's. Identity encoding keeps the body readable.
 	mut := &extprocv3.HeaderMutation{RemoveHeaders: []string{"authorization", "x-api-key"}}
-	for k, v := range r.s.cfg.Upstream.AuthHeaders(r.s.cfg.UpstreamKey) {
+	for k, v := range up.Kind.AuthHeaders(up.Key()) {
 		mut.SetHeaders = append(mut.SetHeaders, header(k, v))
 	}
-	for k, v := range r.s.cfg.Upstream.DefaultHeaders() {
+	for k, v := range up.Kind.DefaultHeaders() {
 		if headerValue(hm, k) == "" {
 			mut.SetHeaders = append(mut.SetHeaders, header(k, v))
 		}
@@ -157,6 +172,11 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 		return r.deny(decisionBadRequest, e)
 	}
 	r.log = r.log.With("user", r.user, "model", req.Model)
+	// The egress policy, before anything is reserved or forwarded.
+	if d := r.s.cfg.Policy.Allow(r.user, r.up.Name, req.Model); d != nil {
+		r.log.Info("refused by the egress policy", "reason", d.Msg)
+		return r.deny(decisionForbidden, forbidden(d))
+	}
 
 	// Reserve the estimated cost atomically with the budget check, so that
 	// concurrent requests cannot all pass a gate only one of them fits.
@@ -204,7 +224,7 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	}
 	resp := bodyResponse(req.Body, mut)
 	resp.DynamicMetadata = metadata(map[string]any{"decision": decisionAllowed, "user": r.user,
-		"model": req.Model, "prompt_tokens": req.PromptTokens})
+		"provider": r.up.Name, "model": req.Model, "prompt_tokens": req.PromptTokens})
 	return resp
 }
 

@@ -18,13 +18,20 @@ import (
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/processor/provider"
+	"github.com/aifirewall/aifirewall/providers"
 )
 
 // Config is what the processor needs to decide on a request.
 type Config struct {
-	Auth         identity.Authenticator
-	Upstream     provider.Kind // which provider the upstream is
-	UpstreamKey  string        // the credential sent upstream instead
+	Auth identity.Authenticator
+	// Upstreams are the providers, by name; Envoy's route names the one a
+	// request goes to. Empty: Upstream and UpstreamKey are the only one.
+	Upstreams   map[string]*Upstream
+	Upstream    provider.Kind // the one provider's format
+	UpstreamKey string        // the credential sent to it instead of the client's
+	// Policy says which identities may call which providers and models;
+	// nil allows everything.
+	Policy       *providers.Policies
 	DailyLimit   billing.Nanos // per user per budget day, unless the caller has its own
 	Location     *time.Location
 	StoreTimeout time.Duration // bound on each budget-store call
@@ -54,6 +61,8 @@ type Server struct {
 	now     func() time.Time
 	metrics *Metrics // nil: no metrics
 	holds   holds
+
+	upstreams map[string]*Upstream
 }
 
 // New returns a processor. now may be nil for the wall clock.
@@ -76,7 +85,7 @@ func New(cfg Config, store billing.Store, prices *billing.Prices, tk *billing.To
 	if cfg.DefaultOutputTokens <= 0 {
 		cfg.DefaultOutputTokens = 1024
 	}
-	return &Server{cfg: cfg, store: store, prices: prices, tk: tk, log: log, now: now}
+	return &Server{cfg: cfg, store: store, prices: prices, tk: tk, log: log, now: now, upstreams: upstreams(cfg)}
 }
 
 // WithMetrics makes the server record m.

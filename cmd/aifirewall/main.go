@@ -92,6 +92,9 @@ func envoyConfig(cfg *config.Config, args []string) error {
 		ListenAddr: cfg.EnvoyListenAddr, AdminAddr: cfg.EnvoyAdminAddr, ExtProcAddr: cfg.ExtProcAddr,
 		UpstreamURL: cfg.UpstreamBaseURL, MaxBodyBytes: cfg.MaxBodyBytes, CACertFile: *ca,
 	}
+	if cfg.Providers != nil {
+		o.Providers = cfg.Providers.Providers
+	}
 	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = cfg.EnvoyTLSCert, cfg.EnvoyTLSKey, cfg.EnvoyClientCA
 	y, err := envoy.YAML(o)
 	if err != nil {

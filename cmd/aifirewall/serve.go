@@ -29,9 +29,6 @@ import (
 // NOT_SERVING, in-flight streams finish up to SHUTDOWN_TIMEOUT, and pending
 // settlements are written before exit.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	if cfg.UpstreamAPIKey == "" {
-		log.Warn("UPSTREAM_API_KEY is empty; the upstream will likely reject requests")
-	}
 	billing.LogRedisTo(log)
 	store, err := openStore(ctx, cfg, log)
 	if err != nil {
@@ -45,6 +42,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	prices.OnUnknown = func(model string) {
 		log.Warn("model not in the price table; billing it at the fallback price", "model", model,
 			"input_per_token_nanos", int64(cfg.Fallback.Input), "output_per_token_nanos", int64(cfg.Fallback.Output))
+	}
+	ups, err := upstreams(ctx, cfg, prices, log)
+	if err != nil {
+		return err
 	}
 	tk, err := billing.NewTokenizer()
 	if err != nil {
@@ -62,7 +63,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	proc := processor.New(processor.Config{
-		Auth: auth, Upstream: cfg.Provider, UpstreamKey: cfg.UpstreamAPIKey,
+		Auth: auth, Upstream: cfg.Provider, UpstreamKey: cfg.UpstreamAPIKey, Upstreams: ups, Policy: policy(cfg),
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
 		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
 		Settler: settler, FailOpen: cfg.FailMode == "open",
@@ -103,7 +104,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("operator API off: set ADMIN_TOKEN to serve it")
 	}
 	log.Info("serving", "ext_proc", lis.Addr().String(), "admin", adminLis.Addr().String(),
-		"upstream", cfg.UpstreamBaseURL, "provider", string(cfg.Provider), "daily_limit", cfg.Limit.String(),
+		"upstream", upstreamName(cfg), "daily_limit", cfg.Limit.String(),
 		"prices", prices.Len())
 
 	select {

@@ -1,0 +1,96 @@
+package processor
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	grpcmd "google.golang.org/grpc/metadata"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/processor/provider"
+	"github.com/aifirewall/aifirewall/providers"
+)
+
+// Upstream is one provider requests are forwarded to.
+type Upstream struct {
+	Name string
+	Kind provider.Kind
+	// PathPrefix is what its prefix route matches ("" for none, "/" for
+	// every path no other route takes); the sidecar removes it to find
+	// the API path.
+	PathPrefix string
+	// Key returns the credential sent upstream, read per request so that
+	// a rotated Secret applies at once.
+	Key func() string
+	// Prices is the provider's own price table; nil: the server's.
+	Prices *billing.Prices
+}
+
+// upstreams builds the server's provider table: cfg.Upstreams, or the
+// one-provider shorthand.
+func upstreams(cfg Config) map[string]*Upstream {
+	if len(cfg.Upstreams) > 0 {
+		return cfg.Upstreams
+	}
+	key := cfg.UpstreamKey
+	return map[string]*Upstream{providers.ShorthandName: {
+		Name: providers.ShorthandName, Kind: cfg.Upstream, PathPrefix: "/", Key: func() string { return key }}}
+}
+
+// pickUpstream finds the provider Envoy's route chose, from the gRPC
+// metadata the route sets on this stream (never from anything the client
+// sent), and the API path with that route's prefix removed.
+func (r *request) pickUpstream(ctx context.Context, path string) (*Upstream, string, *apiError) {
+	md, _ := grpcmd.FromIncomingContext(ctx)
+	names, prefixes := md.Get(providers.MetadataProvider), md.Get(providers.MetadataPathPrefix)
+	var up *Upstream
+	switch {
+	case len(names) > 1 || len(prefixes) > 1:
+		return nil, "", misrouted("the route sent more than one provider name")
+	case len(names) == 0 && len(r.s.upstreams) == 1:
+		// An Envoy configuration not written by this firewall's generator
+		// (one provider, nothing to choose between).
+		for _, u := range r.s.upstreams {
+			up = u
+		}
+	case len(names) == 0:
+		return nil, "", misrouted("the route names no provider")
+	default:
+		if up = r.s.upstreams[names[0]]; up == nil {
+			return nil, "", misrouted(fmt.Sprintf("the route names provider %q, which the firewall does not know", names[0]))
+		}
+	}
+	if len(prefixes) == 1 {
+		rest, ok := strings.CutPrefix(path, prefixes[0])
+		if prefixes[0] != up.PathPrefix || !ok || !strings.HasPrefix(rest, "/") {
+			return nil, "", misrouted(fmt.Sprintf("the route's path prefix %q does not fit provider %q", prefixes[0], up.Name))
+		}
+		path = rest
+	}
+	return up, path, nil
+}
+
+// misrouted is Envoy and the sidecar disagreeing about providers (their
+// providers files differ): nothing is forwarded.
+func misrouted(why string) *apiError {
+	return &apiError{status: 500, Type: "server_error", Code: "gateway_misconfigured",
+		Message: "this gateway is misconfigured, so the request was not forwarded (" + why + "; Envoy and the firewall must be configured from the same providers file); tell your gateway operator"}
+}
+
+// forbidden is a request the egress policy refuses.
+func forbidden(d *providers.Denied) *apiError {
+	code := "provider_not_allowed"
+	if d.Model {
+		code = "model_not_allowed"
+	}
+	return &apiError{status: 403, Type: "permission_error", Code: code, Message: d.Msg}
+}
+
+// prices is the table this request is billed from.
+func (r *request) prices() *billing.Prices {
+	if r.up != nil && r.up.Prices != nil {
+		return r.up.Prices
+	}
+	return r.s.prices
+}
