@@ -16,12 +16,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 // Both stores must honour the Store contract the same way.
 func stores(t *testing.T) map[string]Store {
-	r := testenv.StartRedis(t)
+	r := testinfra.StartRedis(t)
 	rs, err := NewRedisStore(r.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +151,7 @@ func TestStoreConcurrentAdmissions(t *testing.T) {
 
 // redisStore is a RedisStore on a fresh redis-server.
 func redisStore(t testing.TB) *RedisStore {
-	r := testenv.StartRedis(t)
+	r := testinfra.StartRedis(t)
 	s, err := NewRedisStore(r.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +290,7 @@ func TestRedisClientLogsAreStructured(t *testing.T) {
 	var buf bytes.Buffer
 	LogRedisTo(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	defer LogRedisTo(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	s, err := NewRedisStore(fmt.Sprintf("redis://127.0.0.1:%d/0", testenv.FreePort(t)))
+	s, err := NewRedisStore(fmt.Sprintf("redis://127.0.0.1:%d/0", testinfra.FreePort(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

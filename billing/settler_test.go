@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -19,7 +19,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // With Redis down, settlements go to the fsynced spool; a new settler (a
 // restarted sidecar) replays them once Redis is back, exactly once.
 func TestSettlerSpoolsAndReplaysExactlyOnce(t *testing.T) {
-	r := testenv.StartRedis(t)
+	r := testinfra.StartRedis(t)
 	store, err := NewRedisStore(r.URL())
 	if err != nil {
 		t.Fatal(err)

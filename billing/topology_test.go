@@ -6,13 +6,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 // The scripts touch only one user's keys, which share a hash slot: they
 // must run on a real Redis Cluster, for users spread over all masters.
 func TestRedisClusterStore(t *testing.T) {
-	s, err := NewRedisStore(testenv.StartRedisCluster(t))
+	s, err := NewRedisStore(testinfra.StartRedisCluster(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,8 +72,8 @@ func exercise(t *testing.T, s *RedisStore) {
 
 // rediss:// to a Redis whose certificate a private CA signed (REDIS_CA_FILE).
 func TestRedisTLSStore(t *testing.T) {
-	p := testenv.NewPKI(t, "")
-	url := testenv.StartRedisTLS(t, p)
+	p := testinfra.NewPKI(t, "")
+	url := testinfra.StartRedisTLS(t, p)
 	if s, err := NewRedisStore(url); err == nil {
 		if err := s.Ping(context.Background()); err == nil {
 			t.Fatal("a certificate from an unknown CA was accepted")
@@ -90,7 +90,7 @@ func TestRedisTLSStore(t *testing.T) {
 
 // redis+sentinel:// finds the master through a real Sentinel.
 func TestRedisSentinelStore(t *testing.T) {
-	s, err := NewRedisStore(testenv.StartRedisSentinel(t))
+	s, err := NewRedisStore(testinfra.StartRedisSentinel(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 type composeFile struct {
@@ -26,7 +27,7 @@ type composeFile struct {
 // environment, with .env copied from .env.example as the README says, must
 // produce a configuration the pinned Envoy accepts.
 func TestComposeConfigurationIsValid(t *testing.T) {
-	root := testenv.RepoRoot(t)
+	root := testinfra.RepoRoot(t)
 	raw, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
 	if err != nil {
 		t.Fatal(err)

