@@ -74,6 +74,8 @@ type Config struct {
 	EnvoyClientCA   string `env:"ENVOY_CLIENT_CA_FILE"`
 	EnvoyListenAddr string `env:"ENVOY_LISTEN_ADDR" envDefault:"0.0.0.0:8000"`
 	EnvoyAdminAddr  string `env:"ENVOY_ADMIN_ADDR" envDefault:"127.0.0.1:9901"`
+	// ENVOY_HEALTH_ADDR: a listener serving only GET /ready (probes).
+	EnvoyHealthAddr string `env:"ENVOY_HEALTH_ADDR"`
 	ExtProcAddr     string `env:"EXTPROC_ADDR" envDefault:"127.0.0.1:50051"`
 
 	// Derived.
@@ -145,7 +147,10 @@ func (c *Config) derive() error {
 		}
 	}
 	for name, addr := range map[string]string{"LISTEN_ADDR": c.ListenAddr, "ADMIN_ADDR": c.AdminAddr,
-		"ENVOY_LISTEN_ADDR": c.EnvoyListenAddr, "OPERATOR_ADDR": c.OperatorAddr, "ENVOY_ADMIN_ADDR": c.EnvoyAdminAddr, "EXTPROC_ADDR": c.ExtProcAddr} {
+		"ENVOY_LISTEN_ADDR": c.EnvoyListenAddr, "OPERATOR_ADDR": c.OperatorAddr, "ENVOY_ADMIN_ADDR": c.EnvoyAdminAddr, "EXTPROC_ADDR": c.ExtProcAddr, "ENVOY_HEALTH_ADDR": c.EnvoyHealthAddr} {
+		if addr == "" && name == "ENVOY_HEALTH_ADDR" {
+			continue
+		}
 		if path, ok := strings.CutPrefix(addr, "unix:"); ok && (name == "LISTEN_ADDR" || name == "EXTPROC_ADDR") {
 			if !strings.HasPrefix(path, "/") {
 				return fmt.Errorf("%s: %q: a Unix socket needs an absolute path, e.g. unix:/run/aifirewall/extproc.sock", name, addr)

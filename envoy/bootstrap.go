@@ -39,8 +39,11 @@ import (
 
 // Options are the settings the Envoy configuration is built from.
 type Options struct {
-	ListenAddr  string // where clients connect, e.g. "0.0.0.0:8000"
-	AdminAddr   string // Envoy's admin interface, e.g. "127.0.0.1:9901"
+	ListenAddr string // where clients connect, e.g. "0.0.0.0:8000"
+	AdminAddr  string // Envoy's admin interface, e.g. "127.0.0.1:9901"
+	// HealthAddr, when set, is a listener answering only GET /ready from
+	// the admin interface: a kubelet's readiness probe.
+	HealthAddr  string
 	ExtProcAddr string // where Envoy reaches the sidecar, e.g. "aifirewall:50051" or "unix:/run/aifirewall/extproc.sock"
 	UpstreamURL string // UPSTREAM_BASE_URL: the one provider, serving every path
 	// Providers, when set, replace UpstreamURL: the providers file's
@@ -105,17 +108,23 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 			return nil, err
 		}
 	}
+	listeners := []*listenerv3.Listener{{
+		Name:                          "llm_ingress",
+		Address:                       listen,
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(o.MaxBodyBytes),
+		FilterChains:                  []*listenerv3.FilterChain{chain},
+	}}
+	clusters = append(clusters, epCluster)
+	if o.HealthAddr != "" {
+		lis, c, err := healthListener(o)
+		if err != nil {
+			return nil, err
+		}
+		listeners, clusters = append(listeners, lis), append(clusters, c)
+	}
 	return &bootstrapv3.Bootstrap{
-		Admin: &bootstrapv3.Admin{Address: admin},
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
-			Listeners: []*listenerv3.Listener{{
-				Name:                          "llm_ingress",
-				Address:                       listen,
-				PerConnectionBufferLimitBytes: wrapperspb.UInt32(o.MaxBodyBytes),
-				FilterChains:                  []*listenerv3.FilterChain{chain},
-			}},
-			Clusters: append(clusters, epCluster),
-		},
+		Admin:           &bootstrapv3.Admin{Address: admin},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Listeners: listeners, Clusters: clusters},
 	}, nil
 }
 

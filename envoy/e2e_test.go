@@ -3,6 +3,7 @@ package envoy_test
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -15,8 +16,10 @@ import (
 	tiktokenloader "github.com/pkoukk/tiktoken-go-loader"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/internal/fakellm"
 	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 // gpt-4o-mini in the price table, nano-dollars per token.
@@ -315,4 +318,31 @@ func TestExtProcOverUnixSocket(t *testing.T) {
 		t.Fatalf("answer %q", text)
 	}
 	s.WaitSpent(t, today("uds"), 11*miniIn+12*miniOut)
+}
+
+// ENVOY_HEALTH_ADDR serves Envoy's readiness to a kubelet and nothing else
+// of the admin interface, which can stop Envoy.
+func TestEnvoyHealthListenerServesOnlyReady(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
+	s := testenv.StartStack(t, testenv.StackOptions{Envoy: envoy.Options{HealthAddr: addr}})
+	for _, c := range []struct {
+		method, path string
+		want         int
+	}{{"GET", "/ready", 200}, {"POST", "/ready", 404}, {"POST", "/quitquitquit", 404}, {"GET", "/stats", 404},
+		{"POST", "/drain_listeners", 404}, {"GET", "/ready/../config_dump", 404}} {
+		req, _ := http.NewRequest(c.method, "http://"+addr+c.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.want || (c.want == 200 && !strings.Contains(string(b), "LIVE")) {
+			t.Errorf("%s %s = %d %q, want %d", c.method, c.path, resp.StatusCode, b, c.want)
+		}
+	}
+	// Envoy is still up.
+	if r := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody, nil); r.StatusCode != 200 {
+		t.Fatalf("after the probes: %d", r.StatusCode)
+	}
 }

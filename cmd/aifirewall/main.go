@@ -89,7 +89,7 @@ func envoyConfig(cfg *config.Config, args []string) error {
 		return err
 	}
 	o := envoy.Options{
-		ListenAddr: cfg.EnvoyListenAddr, AdminAddr: cfg.EnvoyAdminAddr, ExtProcAddr: cfg.ExtProcAddr,
+		ListenAddr: cfg.EnvoyListenAddr, AdminAddr: cfg.EnvoyAdminAddr, HealthAddr: cfg.EnvoyHealthAddr, ExtProcAddr: cfg.ExtProcAddr,
 		UpstreamURL: cfg.UpstreamBaseURL, MaxBodyBytes: cfg.MaxBodyBytes, CACertFile: *ca,
 	}
 	if cfg.Providers != nil {
