@@ -5,7 +5,7 @@ SHELL   := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PKGS    := ./...
 
-.PHONY: help build run demo test lint bench loadtest soak envoy prices proto fuzz clean
+.PHONY: help build run demo test test-deploy tools lint bench loadtest soak envoy prices proto fuzz clean
 
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
@@ -14,6 +14,8 @@ help:
 	@echo "demo   fake upstream + sidecar + Envoy on :8000, no API key needed"
 	@echo "run    sidecar + Envoy on :8000 against the upstream in .env"
 	@echo "test   every test (real Redis and Envoy; CI=true fails instead of skipping)"
+	@echo "test-deploy  the Helm chart and manifests against real helm, kube-apiserver and Envoy (builds tools once)"
+	@echo "tools  build the pinned deployment tools into .tools/bin (first time ~15 min)"
 	@echo "lint   gofmt and go vet"
 	@echo "bench  benchmarks (prompt counting, processor phases)"
 	@echo "loadtest  the same load against the upstream, Envoy alone and Envoy + firewall, one table (a few minutes)"
@@ -38,9 +40,16 @@ envoy:
 test:
 	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -race -count=1 -timeout 30m $(PKGS)
 
+tools:
+	scripts/build-tools.sh
+
+test-deploy: tools
+	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -tags deploy -count=1 -timeout 30m ./deploy/...
+
 lint:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags deploy ./deploy/...
 
 bench:
 	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -run '^$$' -bench . -benchmem $(PKGS)

@@ -64,7 +64,10 @@ type Options struct {
 	WithoutFirewall bool
 }
 
-const extProcCluster = "aifirewall_extproc"
+const (
+	extProcCluster        = "aifirewall_extproc"
+	defaultMessageTimeout = 10 * time.Second
+)
 
 // Bootstrap builds the configuration.
 func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
@@ -81,7 +84,7 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("admin address: %w", err)
 	}
 	if o.MessageTimeout <= 0 {
-		o.MessageTimeout = 10 * time.Second
+		o.MessageTimeout = defaultMessageTimeout
 	}
 	hcm, err := connectionManager(o, ups)
 	if err != nil {
@@ -128,8 +131,13 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 	}, nil
 }
 
-func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) {
-	extProc := &extprocv3.ExternalProcessor{
+// ExtProcFilter is the firewall's ext_proc filter as every Envoy in front of
+// it must run it; the Istio EnvoyFilter (deploy/istio) is checked against it.
+func ExtProcFilter(o Options) *extprocv3.ExternalProcessor {
+	if o.MessageTimeout <= 0 {
+		o.MessageTimeout = defaultMessageTimeout
+	}
+	return &extprocv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: extProcCluster}}},
 		FailureModeAllow: false, // never forward a request the firewall did not see
@@ -156,6 +164,10 @@ func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) 
 		MetadataOptions: &extprocv3.MetadataOptions{ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
 			Untyped: []string{"aifirewall"}}},
 	}
+}
+
+func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) {
+	extProc := ExtProcFilter(o)
 	routes, err := routeConfig(ups)
 	if err != nil {
 		return nil, err

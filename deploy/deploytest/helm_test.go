@@ -1,0 +1,343 @@
+//go:build deploy
+
+// Package deploytest checks the deployment artefacts with the real tools
+// that consume them (`make test-deploy`): helm, and Envoy for the
+// configuration the chart's init container writes.
+package deploytest
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
+)
+
+var update = flag.Bool("update", false, "rewrite deploy/kubernetes/sidecar-pod-snippet.yaml from the chart")
+
+const kubeVersion = "1.37.2"
+
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(testinfra.RepoRoot(t), ".tools", "bin", name)
+	if _, err := os.Stat(p); err != nil {
+		testinfra.Missing(t, name, "run `make tools` (builds the pinned tools into .tools/bin)")
+	}
+	return p
+}
+
+func chartDir(t *testing.T) string {
+	return filepath.Join(testinfra.RepoRoot(t), "deploy", "helm", "aifirewall")
+}
+
+// base are the values every release needs.
+var base = []string{"secret.name=aifirewall", "redis.url=redis://redis:6379/0"}
+
+type doc = map[string]any
+
+// render runs helm template with --set values (and a values file when
+// file is not empty) and returns the manifests.
+func render(t *testing.T, file string, set ...string) []doc {
+	t.Helper()
+	out, err := helm(t, "template", file, set...)
+	if err != nil {
+		t.Fatalf("helm template %v: %v\n%s", set, err, out)
+	}
+	var docs []doc
+	for _, part := range strings.Split(out, "\n---\n") {
+		var d doc
+		if err := yaml.Unmarshal([]byte(part), &d); err != nil {
+			t.Fatalf("rendered YAML: %v\n%s", err, part)
+		}
+		if d != nil {
+			docs = append(docs, d)
+		}
+	}
+	return docs
+}
+
+func helm(t *testing.T, cmd, file string, set ...string) (string, error) {
+	args := []string{cmd}
+	if cmd == "template" {
+		args = append(args, "aifirewall")
+	}
+	args = append(args, chartDir(t), "--kube-version", kubeVersion)
+	if cmd == "lint" {
+		args = append(args, "--strict")
+	}
+	if file != "" {
+		args = append(args, "-f", file)
+	}
+	for _, s := range set {
+		args = append(args, "--set", s)
+	}
+	out, err := exec.Command(tool(t, "helm"), args...).CombinedOutput()
+	return string(out), err
+}
+
+// get walks a decoded document: get(d, "spec", "template", "spec").
+func get(v any, path ...any) any {
+	for _, p := range path {
+		switch k := p.(type) {
+		case string:
+			m, _ := v.(map[string]any)
+			v = m[k]
+		case int:
+			l, _ := v.([]any)
+			if k >= len(l) {
+				return nil
+			}
+			v = l[k]
+		}
+	}
+	return v
+}
+
+func kinds(docs []doc) []string {
+	var out []string
+	for _, d := range docs {
+		out = append(out, fmt.Sprint(d["kind"]))
+	}
+	return out
+}
+
+func find(t *testing.T, docs []doc, kind string) doc {
+	t.Helper()
+	for _, d := range docs {
+		if d["kind"] == kind {
+			return d
+		}
+	}
+	t.Fatalf("no %s among %v", kind, kinds(docs))
+	return nil
+}
+
+func container(t *testing.T, list any, name string) map[string]any {
+	t.Helper()
+	for _, c := range list.([]any) {
+		if m := c.(map[string]any); m["name"] == name {
+			return m
+		}
+	}
+	t.Fatalf("no container %s", name)
+	return nil
+}
+
+func envOf(c map[string]any) map[string]any {
+	env := map[string]any{}
+	for _, e := range c["env"].([]any) {
+		m := e.(map[string]any)
+		if m["value"] != nil {
+			env[m["name"].(string)] = m["value"]
+		} else {
+			env[m["name"].(string)] = m["valueFrom"]
+		}
+	}
+	return env
+}
+
+// The value matrix: each lints strictly and renders what its mode needs.
+var matrix = []struct {
+	name  string
+	file  string
+	set   []string
+	kinds string
+}{
+	{"gateway defaults", "", nil, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
+	{"gateway, providers file", "testdata/providers-values.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+	{"gateway, fixed replicas, no policy objects, ServiceMonitor, Redis CA", "",
+		[]string{"gateway.autoscaling.enabled=false", "gateway.replicas=3", "gateway.networkPolicy.enabled=false",
+			"gateway.podDisruptionBudget.enabled=false", "gateway.serviceMonitor.enabled=true", "redis.caConfigMap=redis-ca",
+			"redis.url=rediss://:$(REDIS_PASSWORD)@redis:6380/0"}, "Service Deployment ServiceMonitor"},
+	{"gateway, mesh identities", "", []string{"identityMode=mesh", "trustXFCC=true"}, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
+	{"extproc", "", []string{"mode=extproc"}, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
+	{"extproc, providers file", "testdata/providers-values.yaml", []string{"mode=extproc"}, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+	{"sidecar", "", []string{"mode=sidecar"}, ""},
+	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},
+	{"sidecar, providers file, example", "testdata/providers-values.yaml", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "ConfigMap Deployment"},
+}
+
+func TestChartMatrix(t *testing.T) {
+	for _, m := range matrix {
+		t.Run(m.name, func(t *testing.T) {
+			set := append(append([]string{}, base...), m.set...)
+			if out, err := helm(t, "lint", m.file, set...); err != nil {
+				t.Fatalf("helm lint --strict: %v\n%s", err, out)
+			}
+			docs := render(t, m.file, set...)
+			if got := strings.Join(kinds(docs), " "); got != m.kinds {
+				t.Fatalf("kinds %q, want %q", got, m.kinds)
+			}
+			for _, d := range docs {
+				if d["kind"] == "Deployment" {
+					checkPod(t, get(d, "spec", "template", "spec").(map[string]any), strings.Fields(strings.Trim(m.name, ","))[0])
+				}
+			}
+		})
+	}
+}
+
+// checkPod holds a pod spec to what a platform team expects of it.
+func checkPod(t *testing.T, pod map[string]any, mode string) {
+	t.Helper()
+	mode = strings.TrimSuffix(mode, ",")
+	sidecar := mode == "sidecar"
+	if get(pod, "securityContext", "runAsNonRoot") != true || get(pod, "automountServiceAccountToken") != false {
+		t.Error("pod must run as non-root without a service account token")
+	}
+	inits, _ := pod["initContainers"].([]any)
+	mains, _ := pod["containers"].([]any)
+	firewallIn, envoyIn := mains, mains
+	if sidecar {
+		firewallIn, envoyIn = inits, inits
+		// Native sidecars: the config writer first, then the two that stay.
+		var order []string
+		for _, c := range inits {
+			order = append(order, fmt.Sprint(get(c, "name"), "/", get(c, "restartPolicy")))
+		}
+		if got := strings.Join(order, " "); got != "envoy-config/<nil> aifirewall/Always envoy/Always" {
+			t.Errorf("init containers: %s", got)
+		}
+	}
+	for _, c := range append(append([]any{}, inits...), mains...) {
+		sc := get(c, "securityContext")
+		if get(sc, "readOnlyRootFilesystem") != true || get(sc, "allowPrivilegeEscalation") != false ||
+			fmt.Sprint(get(sc, "capabilities", "drop")) != "[ALL]" || get(sc, "runAsNonRoot") != true {
+			t.Errorf("container %v securityContext: %v", get(c, "name"), sc)
+		}
+		if get(c, "resources", "requests", "memory") == nil {
+			t.Errorf("container %v has no memory request", get(c, "name"))
+		}
+	}
+	fw := container(t, firewallIn, "aifirewall")
+	env := envOf(fw)
+	if _, literal := env["INTERNAL_API_KEY"].(string); literal || env["SHUTDOWN_TIMEOUT"] != "30s" {
+		t.Errorf("INTERNAL_API_KEY must come from the Secret, SHUTDOWN_TIMEOUT from the values: %v", env)
+	}
+	if mode == "extproc" {
+		// The aifirewall alone, serving ext_proc to proxies on the network.
+		if len(mains) != 1 || len(inits) != 0 || env["LISTEN_ADDR"] != "0.0.0.0:50051" || get(fw, "readinessProbe", "httpGet", "path") != "/readyz" {
+			t.Errorf("extproc pod: %d containers, %d init containers, LISTEN_ADDR %v", len(mains), len(inits), env["LISTEN_ADDR"])
+		}
+		return
+	}
+	ev := container(t, envoyIn, "envoy")
+	if get(fw, "readinessProbe", "httpGet", "path") != "/readyz" || get(ev, "readinessProbe", "httpGet", "path") != "/ready" ||
+		get(ev, "readinessProbe", "httpGet", "port") != float64(9902) {
+		t.Error("readiness must follow the sidecar's /readyz and Envoy's /ready")
+	}
+	// Envoy outlives the sidecar's drain on SIGTERM, and the pod's grace
+	// period outlives both.
+	grace := get(pod, "terminationGracePeriodSeconds").(float64)
+	envoyStop := get(ev, "lifecycle", "preStop", "sleep", "seconds").(float64)
+	if grace < 30+5 || (!sidecar && envoyStop < 30) || envoyStop >= grace {
+		t.Errorf("grace %v s, Envoy preStop %v s, shutdown 30 s", grace, envoyStop)
+	}
+}
+
+// Mistakes in values stop the render with a message saying what to set.
+func TestChartRefusesBadValues(t *testing.T) {
+	for _, c := range []struct {
+		set  []string
+		want string
+	}{
+		{[]string{"redis.url=redis://r:6379/0"}, "secret.name: name the Secret"},
+		{[]string{"secret.name=s"}, "redis.url: the budgets live in Redis"},
+		{append([]string{"mode=daemon"}, base...), `mode: "daemon" is not gateway, sidecar or extproc`},
+	} {
+		if out, err := helm(t, "template", "", c.set...); err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("%v: %v %s", c.set, err, out)
+		}
+	}
+}
+
+// The Envoy configuration the chart's init container writes, with the
+// chart's own settings, is one the pinned Envoy accepts, for each mode and
+// with a providers file.
+func TestChartEnvoyConfigValidates(t *testing.T) {
+	for _, m := range matrix {
+		t.Run(m.name, func(t *testing.T) {
+			docs := render(t, m.file, append(append([]string{}, base...), m.set...)...)
+			var pod map[string]any
+			for _, d := range docs {
+				if d["kind"] == "Deployment" {
+					pod = get(d, "spec", "template", "spec").(map[string]any)
+				}
+			}
+			if pod == nil || m.set != nil && m.set[0] == "mode=extproc" {
+				return // no Envoy in the release: none, or another's (extproc)
+			}
+			gen := container(t, pod["initContainers"], "envoy-config")
+			dir := t.TempDir()
+			env := []string{}
+			for k, v := range envOf(gen) {
+				s := fmt.Sprint(v)
+				if k == "PROVIDERS_FILE" {
+					cm := find(t, docs, "ConfigMap")
+					s = filepath.Join(dir, "providers.yaml")
+					os.WriteFile(s, []byte(get(cm, "data", "providers.yaml").(string)), 0o600)
+				}
+				env = append(env, k+"="+s)
+			}
+			out := filepath.Join(dir, "envoy.yaml")
+			args := get(gen, "args").([]any)
+			if fmt.Sprint(args) != "[envoy-config -o /etc/envoy/envoy.yaml]" {
+				t.Fatalf("init container args %v", args)
+			}
+			cmd := exec.Command(testenv.SidecarBinary(t), "envoy-config", "-o", out)
+			cmd.Env = env
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("envoy-config: %v\n%s", err, b)
+			}
+			if b, err := exec.Command(testenv.EnvoyBinary(t), "--mode", "validate", "-c", out, "--disable-hot-restart").CombinedOutput(); err != nil {
+				t.Fatalf("envoy rejects the chart's configuration: %v\n%s", err, b)
+			}
+		})
+	}
+}
+
+// deploy/kubernetes/sidecar-pod-snippet.yaml is what the chart's sidecar
+// example adds to a pod, so a team copying it gets what the chart tests.
+func TestSidecarSnippetMatchesTheChart(t *testing.T) {
+	docs := render(t, "", append(append([]string{}, base...), "mode=sidecar", "sidecar.example.enabled=true")...)
+	pod := get(find(t, docs, "Deployment"), "spec", "template", "spec").(map[string]any)
+	want := map[string]any{}
+	for _, k := range []string{"terminationGracePeriodSeconds", "securityContext", "initContainers", "volumes"} {
+		want[k] = pod[k]
+	}
+	path := filepath.Join(testinfra.RepoRoot(t), "deploy", "kubernetes", "sidecar-pod-snippet.yaml")
+	if *update {
+		b, err := yaml.Marshal(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		header := "# Add these fields to your Deployment's pod spec (spec.template.spec), then call\n" +
+			"# http://127.0.0.1:8000 from your app with its gateway key. Written from the chart\n" +
+			"# (release aifirewall, secret.name=aifirewall, redis.url=redis://redis:6379/0) by\n" +
+			"#   go test -tags deploy ./deploy/deploytest -run Snippet -update\n" +
+			"# Change the Secret name, REDIS_URL and the images to yours.\n"
+		if err := os.WriteFile(path, append([]byte(header), b...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := yaml.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	g, _ := yaml.Marshal(got)
+	w, _ := yaml.Marshal(want)
+	if string(g) != string(w) {
+		t.Fatalf("%s differs from the chart; regenerate it with -update", path)
+	}
+}

@@ -1,0 +1,242 @@
+{{- define "aifirewall.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "aifirewall.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "aifirewall.labels" -}}
+{{ include "aifirewall.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "aifirewall.check" -}}
+{{- if not (has .Values.mode (list "gateway" "sidecar" "extproc")) -}}
+{{- fail (printf "mode: %q is not gateway, sidecar or extproc" .Values.mode) -}}
+{{- end -}}
+{{- if not .Values.secret.name -}}
+{{- fail "secret.name: name the Secret holding the internal API key (and provider keys); see the chart's README section" -}}
+{{- end -}}
+{{- if not .Values.redis.url -}}
+{{- fail "redis.url: the budgets live in Redis; give its URL (redis://, rediss://, redis+sentinel://, redis+cluster://)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Settings Envoy's configuration is generated from: no secret among them. */}}
+{{- define "aifirewall.routingEnv" -}}
+{{- if .Values.providers }}
+- name: PROVIDERS_FILE
+  value: /etc/aifirewall/providers.yaml
+{{- else }}
+- name: UPSTREAM_BASE_URL
+  value: {{ .Values.upstream.baseURL | quote }}
+{{- with .Values.upstream.provider }}
+- name: UPSTREAM_PROVIDER
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+- name: MAX_REQUEST_BODY_BYTES
+  value: {{ .Values.maxRequestBodyBytes | int64 | quote }}
+- name: EXTPROC_ADDR
+  value: unix:/run/aifirewall/extproc.sock
+{{- end -}}
+
+{{- define "aifirewall.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .key }}
+      optional: {{ .optional }}
+{{- end -}}
+
+{{/* The three containers; native: the two long-running ones are native sidecars. */}}
+{{- define "aifirewall.containers" -}}
+{{- $ := .root -}}
+{{- $v := $.Values -}}
+{{- $tag := default $.Chart.AppVersion $v.image.tag -}}
+{{- $sec := $v.secret.name -}}
+{{- $listen := ternary "127.0.0.1:8000" "0.0.0.0:8000" .native -}}
+envoyConfig:
+  name: envoy-config
+  image: "{{ $v.image.repository }}:{{ $tag }}"
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  args: ["envoy-config", "-o", "/etc/envoy/envoy.yaml"]
+  env:
+    - name: ENV_FILE
+      value: /nonexistent
+    - name: ENVOY_LISTEN_ADDR
+      value: {{ $listen | quote }}
+    - name: ENVOY_ADMIN_ADDR
+      value: 127.0.0.1:9901
+    - name: ENVOY_HEALTH_ADDR
+      value: 0.0.0.0:9902
+    {{- include "aifirewall.routingEnv" $ | nindent 4 }}
+  securityContext: {{- include "aifirewall.containerSecurity" $ | nindent 4 }}
+  resources:
+    requests: {cpu: 10m, memory: 32Mi}
+    limits: {memory: 64Mi}
+  volumeMounts:
+    - {name: envoy-config, mountPath: /etc/envoy}
+    {{- if $v.providers }}
+    - {name: providers, mountPath: /etc/aifirewall, readOnly: true}
+    {{- end }}
+aifirewall:
+  name: aifirewall
+  image: "{{ $v.image.repository }}:{{ $tag }}"
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- if .native }}
+  restartPolicy: Always
+  {{- end }}
+  args: ["serve"]
+  env:
+    - name: ENV_FILE
+      value: /nonexistent
+    - name: LISTEN_ADDR
+      value: {{ ternary "0.0.0.0:50051" "unix:/run/aifirewall/extproc.sock" (eq $v.mode "extproc") }}
+    - name: ADMIN_ADDR
+      value: 0.0.0.0:9090
+    - name: SPOOL_FILE
+      value: /var/lib/aifirewall/settlements.jsonl
+    - name: SHUTDOWN_TIMEOUT
+      value: "{{ $v.shutdownTimeoutSeconds }}s"
+    - name: IDENTITY_MODE
+      value: {{ $v.identityMode | quote }}
+    - name: TRUST_XFCC
+      value: {{ $v.trustXFCC | quote }}
+    - name: DAILY_BUDGET_LIMIT
+      value: {{ $v.dailyBudgetLimit | quote }}
+    - name: BUDGET_TIMEZONE
+      value: {{ $v.budgetTimezone | quote }}
+    - name: FAIL_MODE
+      value: {{ $v.failMode | quote }}
+    - name: LOG_LEVEL
+      value: {{ $v.logLevel | quote }}
+    {{- include "aifirewall.routingEnv" $ | nindent 4 }}
+    {{- include "aifirewall.secretEnv" (dict "name" "INTERNAL_API_KEY" "secret" $sec "key" $v.secret.internalAPIKeyKey "optional" (eq $v.identityMode "mesh")) | nindent 4 }}
+    {{- if not $v.providers }}
+    {{- include "aifirewall.secretEnv" (dict "name" "UPSTREAM_API_KEY" "secret" $sec "key" $v.secret.upstreamAPIKeyKey "optional" true) | nindent 4 }}
+    {{- end }}
+    {{- include "aifirewall.secretEnv" (dict "name" "ADMIN_TOKEN" "secret" $sec "key" $v.secret.adminTokenKey "optional" true) | nindent 4 }}
+    {{- include "aifirewall.secretEnv" (dict "name" "REDIS_PASSWORD" "secret" $sec "key" $v.secret.redisPasswordKey "optional" true) | nindent 4 }}
+    {{- range $name, $key := $v.secret.providerKeyEnv }}
+    {{- include "aifirewall.secretEnv" (dict "name" $name "secret" $sec "key" $key "optional" false) | nindent 4 }}
+    {{- end }}
+    - name: REDIS_URL
+      value: {{ $v.redis.url | quote }}
+    {{- if $v.redis.caConfigMap }}
+    - name: REDIS_CA_FILE
+      value: /etc/aifirewall/redis-ca/ca.crt
+    {{- end }}
+    {{- range $name, $value := $v.extraEnv }}
+    - name: {{ $name }}
+      value: {{ $value | quote }}
+    {{- end }}
+  ports:
+    - {name: metrics, containerPort: 9090}
+    {{- if eq $v.mode "extproc" }}
+    - {name: grpc, containerPort: 50051}
+    {{- end }}
+  startupProbe:
+    httpGet: {path: /healthz, port: 9090}
+    periodSeconds: 1
+    failureThreshold: 60
+  readinessProbe:
+    httpGet: {path: /readyz, port: 9090}
+    periodSeconds: 5
+  livenessProbe:
+    httpGet: {path: /healthz, port: 9090}
+    periodSeconds: 10
+  lifecycle:
+    preStop:
+      # Lets the Service stop sending new requests before draining starts.
+      sleep: {seconds: 5}
+  securityContext: {{- include "aifirewall.containerSecurity" $ | nindent 4 }}
+  resources: {{- toYaml $v.resources.aifirewall | nindent 4 }}
+  volumeMounts:
+    - {name: run, mountPath: /run/aifirewall}
+    - {name: spool, mountPath: /var/lib/aifirewall}
+    - {name: provider-keys, mountPath: {{ $v.secret.mountPath }}, readOnly: true}
+    {{- if $v.providers }}
+    - {name: providers, mountPath: /etc/aifirewall, readOnly: true}
+    {{- end }}
+    {{- if $v.redis.caConfigMap }}
+    - {name: redis-ca, mountPath: /etc/aifirewall/redis-ca, readOnly: true}
+    {{- end }}
+envoy:
+  name: envoy
+  image: "{{ $v.envoyImage.repository }}:{{ $v.envoyImage.tag }}"
+  imagePullPolicy: {{ $v.envoyImage.pullPolicy }}
+  {{- if .native }}
+  restartPolicy: Always
+  {{- end }}
+  command: ["envoy", "-c", "/etc/envoy/envoy.yaml", "--disable-hot-restart", "--log-level", "warning"]
+  ports:
+    - {name: http, containerPort: 8000}
+    - {name: envoy-health, containerPort: 9902}
+  startupProbe:
+    httpGet: {path: /ready, port: 9902}
+    periodSeconds: 1
+    failureThreshold: 60
+  readinessProbe:
+    httpGet: {path: /ready, port: 9902}
+    periodSeconds: 5
+  livenessProbe:
+    tcpSocket: {port: 9902}
+    periodSeconds: 10
+  lifecycle:
+    preStop:
+      # Envoy exits at SIGTERM: it keeps serving streams in flight until
+      # the sidecar has had its shutdown timeout to finish them.
+      sleep: {seconds: {{ ternary 5 (add $v.shutdownTimeoutSeconds 5) .native }}}
+  securityContext: {{- include "aifirewall.containerSecurity" $ | nindent 4 }}
+  resources: {{- toYaml $v.resources.envoy | nindent 4 }}
+  volumeMounts:
+    - {name: envoy-config, mountPath: /etc/envoy, readOnly: true}
+    - {name: run, mountPath: /run/aifirewall}
+    - {name: tmp, mountPath: /tmp}
+{{- end -}}
+
+{{- define "aifirewall.containerSecurity" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities: {drop: [ALL]}
+{{- end -}}
+
+{{- define "aifirewall.volumes" -}}
+- name: envoy-config
+  emptyDir: {medium: Memory, sizeLimit: 16Mi}
+- name: run
+  emptyDir: {medium: Memory, sizeLimit: 1Mi}
+- name: tmp
+  emptyDir: {sizeLimit: 64Mi}
+- name: spool
+  emptyDir: {sizeLimit: {{ .Values.gateway.spool.sizeLimit }}}
+- name: provider-keys
+  secret: {secretName: {{ .Values.secret.name }}}
+{{- if .Values.providers }}
+- name: providers
+  configMap: {name: {{ include "aifirewall.fullname" . }}-providers}
+{{- end }}
+{{- if .Values.redis.caConfigMap }}
+- name: redis-ca
+  configMap: {name: {{ .Values.redis.caConfigMap }}}
+{{- end }}
+{{- end -}}
+
+{{- define "aifirewall.podSecurity" -}}
+runAsNonRoot: true
+fsGroup: 65532
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
