@@ -3,8 +3,10 @@
 package deploytest
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,5 +62,129 @@ func TestIstioExtProcMatchesTheGenerator(t *testing.T) {
 	if !proto.Equal(&got, want) {
 		w, _ := protojson.Marshal(want)
 		t.Fatalf("the EnvoyFilter's ext_proc differs from the generator's:\n got %s\nwant %s", js, w)
+	}
+}
+
+// Envoy Gateway itself translates the egress resources (with the Service
+// the chart's extproc mode makes) and accepts every one: each status
+// condition it sets is True (Accepted, ResolvedRefs, Programmed), and the
+// xDS it writes carries the firewall's ext_proc filter with the modes the
+// firewall needs, an 8 MiB body buffer and no route deadline.
+func TestEnvoyGatewayAcceptsTheEgress(t *testing.T) {
+	egctl := tool(t, "egctl")
+	in := filepath.Join(t.TempDir(), "in.yaml")
+	raw, err := os.ReadFile(filepath.Join(testinfra.RepoRoot(t), "deploy/envoy-gateway/llm-egress.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The chart's extproc Service, as the apiserver would have it.
+	svc := `
+---
+apiVersion: v1
+kind: Service
+metadata: {name: aifirewall, namespace: aifirewall}
+spec:
+  clusterIP: 10.96.0.50
+  ports:
+    - {name: grpc, port: 50051, targetPort: grpc, appProtocol: kubernetes.io/h2c}
+`
+	os.WriteFile(in, append(raw, svc...), 0o600)
+	out, err := exec.Command(egctl, "x", "translate", "--from", "gateway-api", "--to", "gateway-api", "-f", in, "-n", "aifirewall", "-o", "yaml").CombinedOutput()
+	if err != nil {
+		t.Fatalf("egctl x translate: %v\n%s", err, out)
+	}
+	var conds []map[string]any
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			if _, ok := x["reason"]; ok && x["type"] != nil && x["status"] != nil {
+				conds = append(conds, x)
+			}
+			for _, e := range x {
+				walk(e)
+			}
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		}
+	}
+	var status any
+	if err := yaml.Unmarshal(out, &status); err != nil {
+		t.Fatal(err)
+	}
+	walk(status)
+	seen := map[string]bool{}
+	for _, c := range conds {
+		seen[c["type"].(string)] = true
+		if c["status"] != "True" {
+			t.Errorf("condition %v is %v: %v", c["type"], c["status"], c["message"])
+		}
+	}
+	for _, want := range []string{"Accepted", "ResolvedRefs", "Programmed"} {
+		if !seen[want] {
+			t.Errorf("no %s condition in egctl's status output", want)
+		}
+	}
+
+	xds, err := exec.Command(egctl, "x", "translate", "--from", "gateway-api", "--to", "xds", "-t", "all", "-f", in, "-n", "aifirewall", "-o", "json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("egctl x translate --to xds: %v\n%s", err, xds)
+	}
+	for _, want := range []string{`"requestBodyMode":"BUFFERED"`, `"responseBodyMode":"STREAMED"`, `"requestHeaderMode":"SEND"`,
+		`"responseHeaderMode":"SEND"`, `"allowModeOverride":true`, `"messageTimeout":"10s"`,
+		// Bodies up to the firewall's limit are buffered, not refused at
+		// 32 KiB, and streams have no overall deadline.
+		`"perConnectionBufferLimitBytes":8388608`, `"timeout":"0s"`} {
+		if !strings.Contains(compact(xds), want) {
+			t.Errorf("the translated configuration lacks %s", want)
+		}
+	}
+}
+
+func compact(b []byte) string {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return string(b)
+	}
+	return buf.String()
+}
+
+// istioctl validates every Istio resource of the egress file and finds
+// nothing wrong in it when analysing it with the egress gateway it names
+// (offline: no cluster, the gateway's Deployment and Service given here).
+func TestIstioctlAcceptsTheEgress(t *testing.T) {
+	istioctl := tool(t, "istioctl")
+	file := filepath.Join(testinfra.RepoRoot(t), "deploy/istio/llm-egress.yaml")
+	if out, err := exec.Command(istioctl, "validate", "-f", file).CombinedOutput(); err != nil || !strings.Contains(string(out), "validated") {
+		t.Fatalf("istioctl validate: %v\n%s", err, out)
+	}
+	gw := filepath.Join(t.TempDir(), "egressgateway.yaml")
+	os.WriteFile(gw, []byte(`apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-llm-egressgateway, namespace: istio-system}
+spec:
+  selector: {istio: llm-egressgateway}
+  ports:
+    - {name: https-llm, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-llm-egressgateway-0
+  namespace: istio-system
+  labels: {istio: llm-egressgateway}
+spec:
+  containers:
+    - {name: istio-proxy, image: istio/proxyv2, ports: [{containerPort: 8080}]}
+`), 0o600)
+	out, err := exec.Command(istioctl, "analyze", "--use-kube=false", "--failure-threshold", "Info", file, gw).CombinedOutput()
+	if err != nil {
+		t.Fatalf("istioctl analyze: %v\n%s", err, out)
 	}
 }

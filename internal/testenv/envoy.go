@@ -59,10 +59,9 @@ func StartEnvoy(t testing.TB, upstreamURL, extProcAddr string) *Envoy {
 // here, and the body limit defaults to 1 MiB.
 func StartEnvoyWith(t testing.TB, o envoy.Options) *Envoy {
 	t.Helper()
-	bin := EnvoyBinary(t)
-	e := &Envoy{Port: testinfra.FreePort(t), AdminPort: testinfra.FreePort(t)}
-	o.ListenAddr = fmt.Sprintf("127.0.0.1:%d", e.Port)
-	o.AdminAddr = fmt.Sprintf("127.0.0.1:%d", e.AdminPort)
+	port, admin := testinfra.FreePort(t), testinfra.FreePort(t)
+	o.ListenAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	o.AdminAddr = fmt.Sprintf("127.0.0.1:%d", admin)
 	if o.MaxBodyBytes == 0 {
 		o.MaxBodyBytes = 1 << 20
 	}
@@ -70,6 +69,15 @@ func StartEnvoyWith(t testing.TB, o envoy.Options) *Envoy {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return StartEnvoyConfig(t, cfg, port, admin)
+}
+
+// StartEnvoyConfig runs envoy with a configuration written elsewhere (JSON
+// or YAML) that listens on port and serves its admin interface on admin.
+func StartEnvoyConfig(t testing.TB, cfg []byte, port, admin int) *Envoy {
+	t.Helper()
+	bin := EnvoyBinary(t)
+	e := &Envoy{Port: port, AdminPort: admin}
 	path := filepath.Join(t.TempDir(), "envoy.yaml")
 	if err := os.WriteFile(path, cfg, 0o600); err != nil {
 		t.Fatal(err)

@@ -17,8 +17,9 @@ import (
 	"time"
 )
 
-// PKI is a throwaway CA with a server certificate for 127.0.0.1 and a
-// client certificate, as PEM files and as Go values.
+// PKI is a throwaway CA with a server certificate for 127.0.0.1 (and
+// localhost, or the names given) and a client certificate, as PEM files and
+// as Go values.
 type PKI struct {
 	CAPool                    *x509.CertPool
 	Client                    tls.Certificate
@@ -28,6 +29,12 @@ type PKI struct {
 // NewPKI issues the certificates; clientURI, when set, is the client
 // certificate's URI SAN (a SPIFFE ID).
 func NewPKI(t testing.TB, clientURI string) *PKI {
+	t.Helper()
+	return NewPKIFor(t, clientURI, "localhost")
+}
+
+// NewPKIFor is NewPKI with the server certificate's DNS names.
+func NewPKIFor(t testing.TB, clientURI string, serverNames ...string) *PKI {
 	t.Helper()
 	dir := t.TempDir()
 	p := &PKI{}
@@ -60,7 +67,7 @@ func NewPKI(t testing.TB, clientURI string) *PKI {
 	}
 	p.CAFile = pemFile("ca.pem", "CERTIFICATE", caDER)
 	srvDER, srvKey := issue(2, &x509.Certificate{Subject: pkix.Name{CommonName: "server"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: serverNames,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 	p.CertFile = pemFile("server.pem", "CERTIFICATE", srvDER)
 	keyDER, _ := x509.MarshalECPrivateKey(srvKey)

@@ -1,0 +1,257 @@
+//go:build deploy
+
+package deploytest
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/internal/fakellm"
+	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
+)
+
+// Envoy Gateway's own translation of deploy/envoy-gateway runs in the real
+// Envoy 1.40 with the real sidecar behind it: a request without a key gets
+// 401, a streamed answer streams and is billed exactly, and the body the
+// firewall rewrites (usage asked for on the client's behalf) reaches the
+// provider whole, with its key. Envoy Gateway refuses loopback backends, so
+// the provider is named openai.test in the resources and mapped to
+// 127.0.0.1 when the translated xDS is turned into a static configuration.
+func TestEnvoyGatewayDataPath(t *testing.T) {
+	egctl := tool(t, "egctl")
+	pki := testinfra.NewPKIFor(t, "", "openai.test")
+	cert, err := tls.LoadX509KeyPair(pki.CertFile, pki.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &fakellm.Server{ExpectKey: "sk-eg-provider"}
+	srv := httptest.NewUnstartedServer(up)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	_, upPort, _ := net.SplitHostPort(srv.Listener.Addr().String())
+
+	rd := testinfra.StartRedis(t)
+	side := testenv.StartSidecar(t, "INTERNAL_API_KEY=eg-client-key", "UPSTREAM_BASE_URL=https://openai.test:"+upPort,
+		"UPSTREAM_API_KEY=sk-eg-provider", "UPSTREAM_PROVIDER=openai", "REDIS_URL="+rd.URL(), "DAILY_BUDGET_LIMIT=5")
+
+	// The README's resources, the provider renamed, and the chart's
+	// extproc Service as the apiserver would hold it.
+	raw, err := os.ReadFile(filepath.Join(testinfra.RepoRoot(t), "deploy/envoy-gateway/llm-egress.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := strings.ReplaceAll(string(raw), "api.openai.com", "openai.test")
+	res = strings.ReplaceAll(res, "port: 443}", "port: "+upPort+"}")
+	res += "---\napiVersion: v1\nkind: Service\nmetadata: {name: aifirewall, namespace: aifirewall}\nspec:\n  clusterIP: 10.96.0.50\n" +
+		"  ports:\n    - {name: grpc, port: 50051, targetPort: grpc, appProtocol: kubernetes.io/h2c}\n"
+	in := filepath.Join(t.TempDir(), "in.yaml")
+	os.WriteFile(in, []byte(res), 0o600)
+	xds, err := exec.Command(egctl, "x", "translate", "--from", "gateway-api", "--to", "xds", "-t", "all", "-f", in,
+		"-n", "aifirewall", "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("egctl x translate: %v", err)
+	}
+	port, admin := testinfra.FreePort(t), testinfra.FreePort(t)
+	cfg := staticBootstrap(t, xds, port, admin, pki.CAFile, map[string]string{
+		"openai.test": "127.0.0.1", "10.96.0.50:50051": side.GRPCAddr})
+	env := testenv.StartEnvoyConfig(t, cfg, port, admin)
+	base := env.URL()
+
+	resp, err := http.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"gpt-4o-mini","messages":[]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("no key: %d, want 401", resp.StatusCode)
+	}
+
+	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(
+		`{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello!"}]}`))
+	for k, v := range map[string]string{"authorization": "Bearer eg-client-key", "content-type": "application/json",
+		"x-user-id": "eg-user", "x-fake-prompt-tokens": "1000", "x-fake-words": "10"} {
+		req.Header.Set(k, v)
+	}
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("streamed request: %d", resp.StatusCode)
+	}
+	var text strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok || line == "[DONE]" {
+			continue
+		}
+		var chunk struct {
+			Choices []struct {
+				Delta struct{ Content string } `json:"delta"`
+			} `json:"choices"`
+			Usage any `json:"usage"`
+		}
+		json.Unmarshal([]byte(line), &chunk)
+		if chunk.Usage != nil {
+			t.Fatal("the usage the firewall asked for reached a client that did not ask for it")
+		}
+		for _, c := range chunk.Choices {
+			text.WriteString(c.Delta.Content)
+		}
+	}
+	if text.String() != fakellm.Answer(10) {
+		t.Fatalf("answer %q", text.String())
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	key := billing.BudgetKey("eg-user", billing.Day(time.Now(), time.UTC))
+	var spent int64
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if spent, _ = rdb.Get(t.Context(), key).Int64(); spent != 0 {
+			break
+		}
+	}
+	if spent != 1000*150+10*600 {
+		t.Fatalf("billed %d, want %d", spent, 1000*150+10*600)
+	}
+
+	// What the provider received: its own key, the rewritten body whole.
+	got := up.Requests()
+	if len(got) != 1 {
+		t.Fatalf("the provider received %d requests", len(got))
+	}
+	r := got[0]
+	if !strings.Contains(r.Body, `"include_usage":true`) || !json.Valid([]byte(r.Body)) {
+		t.Fatalf("the provider received %q", r.Body)
+	}
+	if cl := r.Headers.Get("Content-Length"); cl != "" && cl != fmt.Sprint(len(r.Body)) {
+		t.Fatalf("content-length %s for a body of %d bytes", cl, len(r.Body))
+	}
+	t.Logf("rewritten body of %d bytes reached the provider with content-length %q (empty: chunked)",
+		len(r.Body), r.Headers.Get("Content-Length"))
+}
+
+// staticBootstrap turns egctl's xDS dump into a configuration Envoy starts
+// from: its gateway listeners on 127.0.0.1:port with their route tables
+// inlined, its clusters with their endpoints inlined (addresses remapped),
+// and the system CA bundle (served by SDS in a real deployment) replaced by
+// caFile.
+func staticBootstrap(t *testing.T, dump []byte, port, admin int, caFile string, remap map[string]string) []byte {
+	t.Helper()
+	var d struct {
+		XDS map[string]struct {
+			Configs []map[string]any `json:"configs"`
+		} `json:"xds"`
+	}
+	if err := json.Unmarshal(dump, &d); err != nil {
+		t.Fatal(err)
+	}
+	var listeners, clusters []any
+	routes, endpoints := map[string]any{}, map[string]any{}
+	for _, gw := range d.XDS {
+		for _, c := range gw.Configs {
+			switch typ := c["@type"].(string); {
+			case strings.HasSuffix(typ, "RoutesConfigDump"):
+				for _, r := range c["dynamicRouteConfigs"].([]any) {
+					rc := get(r, "routeConfig").(map[string]any)
+					delete(rc, "@type")
+					routes[rc["name"].(string)] = rc
+				}
+			case strings.HasSuffix(typ, "EndpointsConfigDump"):
+				for _, e := range c["dynamicEndpointConfigs"].([]any) {
+					la := get(e, "endpointConfig").(map[string]any)
+					delete(la, "@type")
+					endpoints[la["clusterName"].(string)] = la
+				}
+			case strings.HasSuffix(typ, "ListenersConfigDump"):
+				for _, l := range c["dynamicListeners"].([]any) {
+					lis := get(l, "activeState", "listener").(map[string]any)
+					if strings.HasPrefix(lis["name"].(string), "envoy-gateway-proxy-") {
+						continue // Envoy Gateway's own stats and readiness listeners
+					}
+					delete(lis, "@type")
+					lis["address"] = map[string]any{"socketAddress": map[string]any{"address": "127.0.0.1", "portValue": port}}
+					listeners = append(listeners, lis)
+				}
+			case strings.HasSuffix(typ, "ClustersConfigDump"):
+				for _, c := range c["dynamicActiveClusters"].([]any) {
+					cl := get(c, "cluster").(map[string]any)
+					delete(cl, "@type")
+					clusters = append(clusters, cl)
+				}
+			}
+		}
+	}
+	for _, c := range clusters {
+		cl := c.(map[string]any)
+		if cl["type"] == "EDS" {
+			delete(cl, "edsClusterConfig")
+			cl["loadAssignment"] = endpoints[cl["name"].(string)]
+		}
+		delete(cl, "clusterType")
+		cl["type"] = "STATIC"
+	}
+	var fix func(v any) any
+	fix = func(v any) any {
+		switch x := v.(type) {
+		case map[string]any:
+			if rds, ok := x["rds"].(map[string]any); ok {
+				delete(x, "rds")
+				x["routeConfig"] = routes[rds["routeConfigName"].(string)]
+			}
+			if cv, ok := x["combinedValidationContext"].(map[string]any); ok {
+				delete(x, "combinedValidationContext")
+				vc, _ := cv["defaultValidationContext"].(map[string]any)
+				if vc == nil {
+					vc = map[string]any{}
+				}
+				vc["trustedCa"] = map[string]any{"filename": caFile}
+				x["validationContext"] = vc
+			}
+			if sa, ok := x["socketAddress"].(map[string]any); ok {
+				hostport := fmt.Sprintf("%v:%v", sa["address"], sa["portValue"])
+				if to, ok := remap[hostport]; ok {
+					h, p, _ := net.SplitHostPort(to)
+					sa["address"], sa["portValue"] = h, json.Number(p)
+				} else if to, ok := remap[fmt.Sprint(sa["address"])]; ok {
+					sa["address"] = to
+				}
+			}
+			for k, e := range x {
+				x[k] = fix(e)
+			}
+		case []any:
+			for i, e := range x {
+				x[i] = fix(e)
+			}
+		}
+		return v
+	}
+	boot := map[string]any{
+		"admin":           map[string]any{"address": map[string]any{"socketAddress": map[string]any{"address": "127.0.0.1", "portValue": admin}}},
+		"staticResources": fix(map[string]any{"listeners": listeners, "clusters": clusters}),
+	}
+	b, err := json.Marshal(boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
