@@ -5,9 +5,11 @@ package deploytest
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -19,6 +21,7 @@ import (
 
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/internal/testinfra"
+	"github.com/aifirewall/aifirewall/providers"
 )
 
 // manifests reads a multi-document YAML file of the repository.
@@ -157,8 +160,15 @@ func compact(b []byte) string {
 func TestIstioctlAcceptsTheEgress(t *testing.T) {
 	istioctl := tool(t, "istioctl")
 	file := filepath.Join(testinfra.RepoRoot(t), "deploy/istio/llm-egress.yaml")
-	if out, err := exec.Command(istioctl, "validate", "-f", file).CombinedOutput(); err != nil || !strings.Contains(string(out), "validated") {
+	out, err := exec.Command(istioctl, "validate", "-f", file).CombinedOutput()
+	if err != nil {
 		t.Fatalf("istioctl validate: %v\n%s", err, out)
+	}
+	// The one warning it gives is the one every EnvoyFilter gets.
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "* ") && !strings.Contains(line, "EnvoyFilter exposes internal implementation details") {
+			t.Errorf("istioctl validate: %s", line)
+		}
 	}
 	gw := filepath.Join(t.TempDir(), "egressgateway.yaml")
 	os.WriteFile(gw, []byte(`apiVersion: v1
@@ -183,8 +193,84 @@ spec:
   containers:
     - {name: istio-proxy, image: istio/proxyv2, ports: [{containerPort: 8080}]}
 `), 0o600)
-	out, err := exec.Command(istioctl, "analyze", "--use-kube=false", "--failure-threshold", "Info", file, gw).CombinedOutput()
+	for _, c := range []struct {
+		name, from, to, want string
+	}{
+		{"as written", "", "", ""},
+		// It can find something: a route to a subset nobody defines.
+		{"broken", "subset: openai\n", "subset: openaix\n", "IST0101"},
+	} {
+		in := file
+		if c.from != "" {
+			raw, _ := os.ReadFile(file)
+			in = filepath.Join(t.TempDir(), "broken.yaml")
+			os.WriteFile(in, []byte(strings.Replace(string(raw), c.from, c.to, 1)), 0o600)
+		}
+		out, _ = exec.Command(istioctl, "analyze", "-A", "--use-kube=false", "--failure-threshold", "Info", in, gw).CombinedOutput()
+		var found []string
+		for _, line := range strings.Split(string(out), "\n") {
+			// IST0133 is the warning every EnvoyFilter gets.
+			if m := analysisCode.FindStringSubmatch(line); m != nil && m[1] != "[IST0133]" {
+				found = append(found, line)
+			}
+		}
+		if c.want == "" && len(found) > 0 || c.want != "" && (len(found) != 1 || !strings.Contains(found[0], c.want)) {
+			t.Errorf("istioctl analyze, %s: %q\n%s", c.name, found, out)
+		}
+	}
+}
+
+var analysisCode = regexp.MustCompile(`^(?:Error|Warning|Info) (\[IST\d+\])`)
+
+// Each provider of the firewall's values for Istio has one route patch on
+// the egress gateway, on its host's virtual host, naming it to the firewall
+// as the generated configuration's routes do; no patch names a provider
+// the firewall does not know.
+func TestIstioRoutesNameTheProviders(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(testinfra.RepoRoot(t), "deploy/istio/values.yaml"))
 	if err != nil {
-		t.Fatalf("istioctl analyze: %v\n%s", err, out)
+		t.Fatal(err)
+	}
+	var values struct {
+		Providers struct {
+			Providers []struct {
+				Name  string   `json:"name"`
+				Hosts []string `json:"hosts"`
+			} `json:"providers"`
+		} `json:"providers"`
+	}
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{} // vhost -> provider
+	for _, p := range values.Providers.Providers {
+		for _, h := range p.Hosts {
+			want[h+":80"] = p.Name
+		}
+	}
+	got := map[string]string{}
+	ef := find(t, manifests(t, "deploy/istio/llm-egress.yaml"), "EnvoyFilter")
+	for _, cp := range get(ef, "spec", "configPatches").([]any) {
+		if get(cp, "applyTo") != "HTTP_ROUTE" {
+			continue
+		}
+		per := get(cp, "patch", "value", "typed_per_filter_config", "envoy.filters.http.ext_proc").(map[string]any)
+		if per["@type"] != "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute" {
+			t.Fatalf("@type %v", per["@type"])
+		}
+		delete(per, "@type")
+		js, _ := json.Marshal(per)
+		var msg extprocv3.ExtProcPerRoute
+		if err := protojson.Unmarshal(js, &msg); err != nil {
+			t.Fatalf("route patch: %v", err)
+		}
+		md := msg.GetOverrides().GetGrpcInitialMetadata()
+		if len(md) != 1 || md[0].GetKey() != providers.MetadataProvider {
+			t.Fatalf("route patch metadata %v", md)
+		}
+		got[get(cp, "match", "routeConfiguration", "vhost", "name").(string)] = md[0].GetValue()
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("route patches %v, want %v (from deploy/istio/values.yaml)", got, want)
 	}
 }
