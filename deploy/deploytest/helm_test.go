@@ -50,11 +50,17 @@ func render(t *testing.T, file string, set ...string) []doc {
 	if err != nil {
 		t.Fatalf("helm template %v: %v\n%s", set, err, out)
 	}
+	return splitDocs(t, "rendered YAML", out)
+}
+
+// splitDocs decodes a multi-document YAML stream (empty documents left out).
+func splitDocs(t *testing.T, name, raw string) []doc {
+	t.Helper()
 	var docs []doc
-	for _, part := range strings.Split(out, "\n---\n") {
+	for _, part := range strings.Split(raw, "\n---") {
 		var d doc
 		if err := yaml.Unmarshal([]byte(part), &d); err != nil {
-			t.Fatalf("rendered YAML: %v\n%s", err, part)
+			t.Fatalf("%s: %v\n%s", name, err, part)
 		}
 		if d != nil {
 			docs = append(docs, d)

@@ -21,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
@@ -173,11 +171,7 @@ func (s *apiServer) installCRDs(t *testing.T, file string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, part := range strings.Split(string(raw), "\n---") {
-		var d doc
-		if err := yaml.Unmarshal([]byte(part), &d); err != nil {
-			t.Fatalf("%s: %v", file, err)
-		}
+	for _, d := range splitDocs(t, file, string(raw)) {
 		if d["kind"] != "CustomResourceDefinition" {
 			continue
 		}

@@ -31,17 +31,7 @@ func manifests(t *testing.T, rel string) []doc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var docs []doc
-	for _, part := range strings.Split(string(raw), "\n---\n") {
-		var d doc
-		if err := yaml.Unmarshal([]byte(part), &d); err != nil {
-			t.Fatalf("%s: %v", rel, err)
-		}
-		if d != nil {
-			docs = append(docs, d)
-		}
-	}
-	return docs
+	return splitDocs(t, rel, string(raw))
 }
 
 // The EnvoyFilter runs the ext_proc filter exactly as the generated Envoy
