@@ -44,10 +44,11 @@ tools:
 	scripts/build-tools.sh
 
 test-deploy: tools
-	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -tags deploy -count=1 -timeout 30m ./deploy/...
 	# Istio's own config generator, in the module that pins Istio (-trimpath: the
-	# packages istioctl was built with are reused).
-	cd deploy/tools/istioctl && $(GO) test -trimpath -count=1 -timeout 30m ./...
+	# packages istioctl was built with are reused); it writes the sidecar
+	# configuration the deploy tests then run in Envoy.
+	cd deploy/tools/istioctl && AIFIREWALL_ISTIO_RENDER=$(CURDIR)/.tmp/istio-render $(GO) test -trimpath -count=1 -timeout 30m ./...
+	ENVOY_BIN="$$(scripts/envoy-path.sh)" $(GO) test -tags deploy -count=1 -timeout 30m ./deploy/...
 
 lint:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

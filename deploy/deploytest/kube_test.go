@@ -217,6 +217,7 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 	t.Run("istio", func(t *testing.T) {
 		s.installCRDs(t, moduleDir(t, "istioctl", "istio.io/istio")+"/manifests/charts/base/files/crd-all.gen.yaml")
 		meshAgainst(t, s, "deploy/istio/llm-egress.yaml", "VirtualService", []any{"spec", "http", 0}, "rewrit")
+		meshAgainst(t, s, "deploy/istio/mesh-sidecars.yaml", "DestinationRule", []any{"spec", "trafficPolicy"}, "portLevelSetings")
 	})
 }
 

@@ -34,27 +34,30 @@ func manifests(t *testing.T, rel string) []doc {
 	return splitDocs(t, rel, string(raw))
 }
 
-// The EnvoyFilter runs the ext_proc filter exactly as the generated Envoy
-// configuration does (one generator: this is checked against it), bar the
-// cluster that names the firewall's Service in the mesh.
+// The EnvoyFilters (egress gateway, and every sidecar) run the ext_proc
+// filter exactly as the generated Envoy configuration does (one generator:
+// they are checked against it), bar the cluster that names the firewall's
+// Service in the mesh.
 func TestIstioExtProcMatchesTheGenerator(t *testing.T) {
-	ef := find(t, manifests(t, "deploy/istio/llm-egress.yaml"), "EnvoyFilter")
-	typed := get(ef, "spec", "configPatches", 0, "patch", "value", "typed_config").(map[string]any)
-	if typed["@type"] != "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor" {
-		t.Fatalf("@type %v", typed["@type"])
-	}
-	delete(typed, "@type")
-	js, _ := json.Marshal(typed)
-	var got extprocv3.ExternalProcessor
-	if err := protojson.Unmarshal(js, &got); err != nil {
-		t.Fatalf("EnvoyFilter typed_config: %v", err)
-	}
-	want := envoy.ExtProcFilter(envoy.Options{})
-	want.GrpcService = &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-		EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "outbound|50051||aifirewall.aifirewall.svc.cluster.local"}}}
-	if !proto.Equal(&got, want) {
-		w, _ := protojson.Marshal(want)
-		t.Fatalf("the EnvoyFilter's ext_proc differs from the generator's:\n got %s\nwant %s", js, w)
+	for _, file := range []string{"deploy/istio/llm-egress.yaml", "deploy/istio/mesh-sidecars.yaml"} {
+		ef := find(t, manifests(t, file), "EnvoyFilter")
+		typed := get(ef, "spec", "configPatches", 0, "patch", "value", "typed_config").(map[string]any)
+		if typed["@type"] != "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor" {
+			t.Fatalf("%s: @type %v", file, typed["@type"])
+		}
+		delete(typed, "@type")
+		js, _ := json.Marshal(typed)
+		var got extprocv3.ExternalProcessor
+		if err := protojson.Unmarshal(js, &got); err != nil {
+			t.Fatalf("%s: EnvoyFilter typed_config: %v", file, err)
+		}
+		want := envoy.ExtProcFilter(envoy.Options{})
+		want.GrpcService = &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "outbound|50051||aifirewall.aifirewall.svc.cluster.local"}}}
+		if !proto.Equal(&got, want) {
+			w, _ := protojson.Marshal(want)
+			t.Fatalf("%s: the EnvoyFilter's ext_proc differs from the generator's:\n got %s\nwant %s", file, js, w)
+		}
 	}
 }
 
@@ -150,7 +153,8 @@ func compact(b []byte) string {
 func TestIstioctlAcceptsTheEgress(t *testing.T) {
 	istioctl := tool(t, "istioctl")
 	file := filepath.Join(testinfra.RepoRoot(t), "deploy/istio/llm-egress.yaml")
-	out, err := exec.Command(istioctl, "validate", "-f", file).CombinedOutput()
+	sidecars := filepath.Join(testinfra.RepoRoot(t), "deploy/istio/mesh-sidecars.yaml")
+	out, err := exec.Command(istioctl, "validate", "-f", file, "-f", sidecars).CombinedOutput()
 	if err != nil {
 		t.Fatalf("istioctl validate: %v\n%s", err, out)
 	}
@@ -197,6 +201,11 @@ spec:
 			os.WriteFile(in, []byte(strings.Replace(string(raw), c.from, c.to, 1)), 0o600)
 		}
 		out, _ = exec.Command(istioctl, "analyze", "-A", "--use-kube=false", "--failure-threshold", "Info", in, gw).CombinedOutput()
+		if c.from == "" {
+			// The mesh-wide variant, analysed on its own (it replaces the other).
+			more, _ := exec.Command(istioctl, "analyze", "-A", "--use-kube=false", "--failure-threshold", "Info", sidecars).CombinedOutput()
+			out = append(out, more...)
+		}
 		var found []string
 		for _, line := range strings.Split(string(out), "\n") {
 			// IST0133 is the warning every EnvoyFilter gets.
