@@ -93,7 +93,7 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 	}
 	r.log = r.s.log.With("request_id", r.id)
 	method, path := headerValue(hm, ":method"), headerValue(hm, ":path")
-	up, path, e := r.pickUpstream(ctx, path)
+	up, path, e := r.pickUpstream(ctx, path, attribute(attrs, "xds.route_name"))
 	if e != nil {
 		r.log.Error("request not routable to a provider", "reason", e.Message)
 		return r.deny(decisionMisrouted, e)

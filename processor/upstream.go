@@ -41,9 +41,14 @@ func upstreams(cfg Config) map[string]*Upstream {
 // pickUpstream finds the provider Envoy's route chose, from the gRPC
 // metadata the route sets on this stream (never from anything the client
 // sent), and the API path with that route's prefix removed.
-func (r *request) pickUpstream(ctx context.Context, path string) (*Upstream, string, *apiError) {
+func (r *request) pickUpstream(ctx context.Context, path, routeName string) (*Upstream, string, *apiError) {
 	md, _ := grpcmd.FromIncomingContext(ctx)
 	names, prefixes := md.Get(providers.MetadataProvider), md.Get(providers.MetadataPathPrefix)
+	if len(names) == 0 {
+		if name, ok := httpRouteName(routeName); ok && r.s.upstreams[name] != nil {
+			names = []string{name}
+		}
+	}
 	var up *Upstream
 	switch {
 	case len(names) > 1 || len(prefixes) > 1:
@@ -69,6 +74,19 @@ func (r *request) pickUpstream(ctx context.Context, path string) (*Upstream, str
 		path = rest
 	}
 	return up, path, nil
+}
+
+// httpRouteName reads the HTTPRoute name out of an Envoy Gateway route name
+// ("httproute/<namespace>/<name>/rule/<n>/match/<m>/<host>"), which Envoy
+// sends as the xds.route_name attribute when asked: Envoy Gateway has no
+// per-route gRPC metadata, so there an HTTPRoute named after its provider
+// names it. Route names are configuration, never the client's.
+func httpRouteName(route string) (string, bool) {
+	parts := strings.Split(route, "/")
+	if len(parts) < 4 || parts[0] != "httproute" || parts[3] != "rule" {
+		return "", false
+	}
+	return parts[2], true
 }
 
 // misrouted is Envoy and the sidecar disagreeing about providers (their

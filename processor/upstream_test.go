@@ -6,6 +6,7 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	grpcmd "google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/identity"
@@ -99,5 +100,28 @@ func TestPolicyRefusesBeforeReserving(t *testing.T) {
 		RequestID: "probe", Amount: 0, Limit: billing.NanosPerUSD, TTL: h.srv.cfg.ReservationTTL})
 	if err != nil || b.Reserved != 0 {
 		t.Fatalf("carol holds a reservation after a refusal: %+v %v", b, err)
+	}
+}
+
+// Behind Envoy Gateway, which sets no per-route gRPC metadata, the route
+// name Envoy sends as an attribute names the provider: an HTTPRoute named
+// after it. A route name naming no known provider is refused.
+func TestEnvoyGatewayRouteNamePicksTheProvider(t *testing.T) {
+	h := twoProviders(t)
+	send := func(route string) *extprocv3.ProcessingResponse {
+		x := h.open(t)
+		attrs := map[string]*structpb.Struct{"envoy.filters.http.ext_proc": {Fields: map[string]*structpb.Value{
+			"xds.route_name": structpb.NewStringValue(route)}}}
+		return x.send(&extprocv3.ProcessingRequest{Attributes: attrs, Request: &extprocv3.ProcessingRequest_RequestHeaders{
+			RequestHeaders: headersMsg(false, ":method", "POST", ":path", "/v1/messages", "authorization", "Bearer k",
+				"content-type", "application/json")}})
+	}
+	if set := headerSets(send("httproute/aifirewall/b/rule/0/match/0/api_anthropic_com")); set["x-api-key"] != "key-b" {
+		t.Fatalf("route of HTTPRoute b: %v", set)
+	}
+	for _, route := range []string{"httproute/aifirewall/zzz/rule/0/match/0/*", "provider_b", "httproute/b"} {
+		if st, body := immediateStatus(send(route)); st != 500 || !strings.Contains(body, "gateway_misconfigured") {
+			t.Errorf("route %q: %d %s", route, st, body)
+		}
 	}
 }

@@ -29,35 +29,49 @@ import (
 // Envoy 1.40 with the real sidecar behind it: a request without a key gets
 // 401, a streamed answer streams and is billed exactly, and the body the
 // firewall rewrites (usage asked for on the client's behalf) reaches the
-// provider whole, with its key. Envoy Gateway refuses loopback backends, so
+// provider whole, with its key; the second provider, by its host, gets its
+// own key, format and price (the route's name tells the firewall which). Envoy Gateway refuses loopback backends, so
 // the provider is named openai.test in the resources and mapped to
 // 127.0.0.1 when the translated xDS is turned into a static configuration.
 func TestEnvoyGatewayDataPath(t *testing.T) {
 	egctl := tool(t, "egctl")
-	pki := testinfra.NewPKIFor(t, "", "openai.test")
+	pki := testinfra.NewPKIFor(t, "", "openai.test", "anthropic.test")
 	cert, err := tls.LoadX509KeyPair(pki.CertFile, pki.KeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := &fakellm.Server{ExpectKey: "sk-eg-provider"}
-	srv := httptest.NewUnstartedServer(up)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	_, upPort, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	fake := func(key string) (*fakellm.Server, string) {
+		up := &fakellm.Server{ExpectKey: key}
+		srv := httptest.NewUnstartedServer(up)
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+		return up, port
+	}
+	up, upPort := fake("sk-eg-openai")
+	ant, antPort := fake("sk-eg-anthropic")
 
 	rd := testinfra.StartRedis(t)
-	side := testenv.StartSidecar(t, "INTERNAL_API_KEY=eg-client-key", "UPSTREAM_BASE_URL=https://openai.test:"+upPort,
-		"UPSTREAM_API_KEY=sk-eg-provider", "UPSTREAM_PROVIDER=openai", "REDIS_URL="+rd.URL(), "DAILY_BUDGET_LIMIT=5")
+	provs := filepath.Join(t.TempDir(), "providers.yaml")
+	os.WriteFile(provs, []byte(`providers:
+  - {name: openai, format: openai, base_url: "https://openai.test", hosts: [openai.test], api_key_env: OPENAI_API_KEY}
+  - {name: anthropic, format: anthropic, base_url: "https://anthropic.test", hosts: [anthropic.test], api_key_env: ANTHROPIC_API_KEY}
+`), 0o600)
+	side := testenv.StartSidecar(t, "INTERNAL_API_KEY=eg-client-key", "PROVIDERS_FILE="+provs, "OPENAI_API_KEY=sk-eg-openai",
+		"ANTHROPIC_API_KEY=sk-eg-anthropic", "REDIS_URL="+rd.URL(), "DAILY_BUDGET_LIMIT=5")
 
-	// The README's resources, the provider renamed, and the chart's
+	// The README's resources, the providers renamed, and the chart's
 	// extproc Service as the apiserver would hold it.
 	raw, err := os.ReadFile(filepath.Join(testinfra.RepoRoot(t), "deploy/envoy-gateway/llm-egress.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := strings.ReplaceAll(string(raw), "api.openai.com", "openai.test")
-	res = strings.ReplaceAll(res, "port: 443}", "port: "+upPort+"}")
+	res := strings.NewReplacer("api.openai.com, port: 443}", "openai.test, port: "+upPort+"}",
+		"api.anthropic.com, port: 443}", "anthropic.test, port: "+antPort+"}",
+		"name: openai, port: 443}", "name: openai, port: "+upPort+"}",
+		"name: anthropic, port: 443}", "name: anthropic, port: "+antPort+"}",
+		"api.openai.com", "openai.test", "api.anthropic.com", "anthropic.test").Replace(string(raw))
 	res += "---\napiVersion: v1\nkind: Service\nmetadata: {name: aifirewall, namespace: aifirewall}\nspec:\n  clusterIP: 10.96.0.50\n" +
 		"  ports:\n    - {name: grpc, port: 50051, targetPort: grpc, appProtocol: kubernetes.io/h2c}\n"
 	in := filepath.Join(t.TempDir(), "in.yaml")
@@ -69,11 +83,14 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 	}
 	port, admin := testinfra.FreePort(t), testinfra.FreePort(t)
 	cfg := staticBootstrap(t, xds, port, admin, pki.CAFile, map[string]string{
-		"openai.test": "127.0.0.1", "10.96.0.50:50051": side.GRPCAddr})
+		"openai.test": "127.0.0.1", "anthropic.test": "127.0.0.1", "10.96.0.50:50051": side.GRPCAddr})
 	env := testenv.StartEnvoyConfig(t, cfg, port, admin)
 	base := env.URL()
 
-	resp, err := http.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"gpt-4o-mini","messages":[]}`))
+	noKey, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o-mini","messages":[]}`))
+	noKey.Host = "openai.test"
+	noKey.Header.Set("content-type", "application/json")
+	resp, err := http.DefaultClient.Do(noKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +101,7 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 
 	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(
 		`{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello!"}]}`))
+	req.Host = "openai.test"
 	for k, v := range map[string]string{"authorization": "Bearer eg-client-key", "content-type": "application/json",
 		"x-user-id": "eg-user", "x-fake-prompt-tokens": "1000", "x-fake-words": "10"} {
 		req.Header.Set(k, v)
@@ -147,6 +165,33 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 	}
 	t.Logf("rewritten body of %d bytes reached the provider with content-length %q (empty: chunked)",
 		len(r.Body), r.Headers.Get("Content-Length"))
+
+	// The other provider, by its host: its own route, key, format and price
+	// (claude-haiku-4-5: $1 in, $5 out per million tokens).
+	req, _ = http.NewRequest("POST", base+"/v1/messages", strings.NewReader(
+		`{"model":"claude-haiku-4-5","max_tokens":50,"messages":[{"role":"user","content":"Hello!"}]}`))
+	req.Host = "anthropic.test"
+	for k, v := range map[string]string{"x-api-key": "eg-client-key", "content-type": "application/json",
+		"x-user-id": "eg-claude", "x-fake-prompt-tokens": "1000", "x-fake-words": "10"} {
+		req.Header.Set(k, v)
+	}
+	resp2, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp2.Body.Close()
+	if resp2.StatusCode != 200 || len(ant.Requests()) != 1 || len(up.Requests()) != 1 {
+		t.Fatalf("anthropic by host: %d; requests: anthropic %d, openai %d", resp2.StatusCode, len(ant.Requests()), len(up.Requests()))
+	}
+	key = billing.BudgetKey("eg-claude", billing.Day(time.Now(), time.UTC))
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if spent, _ = rdb.Get(t.Context(), key).Int64(); spent != 0 {
+			break
+		}
+	}
+	if spent != 1000*1000+10*5000 {
+		t.Fatalf("anthropic billed %d, want %d", spent, 1000*1000+10*5000)
+	}
 }
 
 // staticBootstrap turns egctl's xDS dump into a configuration Envoy starts

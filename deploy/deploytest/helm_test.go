@@ -165,6 +165,7 @@ var matrix = []struct {
 	{"gateway, mesh identities", "", []string{"identityMode=mesh", "trustXFCC=true"}, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
 	{"extproc", "", []string{"mode=extproc"}, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
 	{"extproc, providers file", "testdata/providers-values.yaml", []string{"mode=extproc"}, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+	{"extproc, Envoy Gateway's values", "../envoy-gateway/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
 	{"extproc, Istio's values", "../istio/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
 	{"sidecar", "", []string{"mode=sidecar"}, ""},
 	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},

@@ -132,7 +132,9 @@ spec:
 		`"responseHeaderMode":"SEND"`, `"allowModeOverride":true`, `"messageTimeout":"10s"`,
 		// Bodies up to the firewall's limit are buffered, not refused at
 		// 32 KiB, and streams have no overall deadline.
-		`"perConnectionBufferLimitBytes":8388608`, `"timeout":"0s"`} {
+		`"perConnectionBufferLimitBytes":8388608`, `"timeout":"0s"`,
+		// The route's name tells the firewall the provider.
+		`"requestAttributes":["xds.route_name"]`} {
 		if !strings.Contains(compact(xds), want) {
 			t.Errorf("the translated configuration lacks %s", want)
 		}
