@@ -17,13 +17,9 @@ import (
 // configuration: its listener runs the firewall's ext_proc filter just
 // before the router, calling the firewall's Service, and each provider's
 // virtual host names that provider to the firewall.
-func TestEgressGatewayConfigFromIstiosGenerator(t *testing.T) {
-	raw, err := os.ReadFile("../../istio/llm-egress.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The firewall's Service, as the mesh knows it.
-	firewall := `
+// firewallEntry is the firewall's Service (the chart's extproc mode) as the
+// mesh knows it.
+const firewallEntry = `
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -35,7 +31,13 @@ spec:
   ports: [{number: 50051, name: grpc, protocol: GRPC}]
   endpoints: [{address: 10.0.0.50}]
 `
-	cg := core.NewConfigGenTest(t, core.TestOptions{ConfigString: string(raw) + firewall})
+
+func TestEgressGatewayConfigFromIstiosGenerator(t *testing.T) {
+	raw, err := os.ReadFile("../../istio/llm-egress.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := core.NewConfigGenTest(t, core.TestOptions{ConfigString: string(raw) + firewallEntry})
 	labels := map[string]string{"istio": "llm-egressgateway"}
 	proxy := cg.SetupProxy(&model.Proxy{Type: model.Router, Labels: labels, ConfigNamespace: "istio-system",
 		Metadata: &model.NodeMetadata{Labels: labels, Namespace: "istio-system"}})

@@ -32,17 +32,7 @@ func TestSidecarConfigFromIstiosGenerator(t *testing.T) {
 		}
 		in = append(in, string(raw))
 	}
-	cfg := strings.Join(in, "\n---\n") + `
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: aifirewall, namespace: aifirewall}
-spec:
-  hosts: [aifirewall.aifirewall.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 50051, name: grpc, protocol: GRPC}]
-  endpoints: [{address: 10.0.0.50}]
+	cfg := strings.Join(in, "\n---\n") + firewallEntry + `
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
