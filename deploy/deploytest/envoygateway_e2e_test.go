@@ -140,16 +140,7 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	key := billing.BudgetKey("eg-user", billing.Day(time.Now(), time.UTC))
-	var spent int64
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if spent, _ = rdb.Get(t.Context(), key).Int64(); spent != 0 {
-			break
-		}
-	}
-	if spent != 1000*150+10*600 {
-		t.Fatalf("billed %d, want %d", spent, 1000*150+10*600)
-	}
+	testenv.WaitSpent(t, rdb, billing.BudgetKey("eg-user", billing.Day(time.Now(), time.UTC)), 1000*150+10*600)
 
 	// What the provider received: its own key, the rewritten body whole.
 	got := up.Requests()
@@ -183,15 +174,7 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 	if resp2.StatusCode != 200 || len(ant.Requests()) != 1 || len(up.Requests()) != 1 {
 		t.Fatalf("anthropic by host: %d; requests: anthropic %d, openai %d", resp2.StatusCode, len(ant.Requests()), len(up.Requests()))
 	}
-	key = billing.BudgetKey("eg-claude", billing.Day(time.Now(), time.UTC))
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if spent, _ = rdb.Get(t.Context(), key).Int64(); spent != 0 {
-			break
-		}
-	}
-	if spent != 1000*1000+10*5000 {
-		t.Fatalf("anthropic billed %d, want %d", spent, 1000*1000+10*5000)
-	}
+	testenv.WaitSpent(t, rdb, billing.BudgetKey("eg-claude", billing.Day(time.Now(), time.UTC)), 1000*1000+10*5000)
 }
 
 // staticBootstrap turns egctl's xDS dump into a configuration Envoy starts

@@ -118,14 +118,7 @@ func TestIstioSidecarDataPath(t *testing.T) {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	key := billing.BudgetKey("mesh-user", billing.Day(time.Now(), time.UTC))
-	var spent int64
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && spent == 0; time.Sleep(50 * time.Millisecond) {
-		spent, _ = rdb.Get(t.Context(), key).Int64()
-	}
-	if spent != 1000*150+10*600 {
-		t.Fatalf("billed %d, want %d", spent, 1000*150+10*600)
-	}
+	testenv.WaitSpent(t, rdb, billing.BudgetKey("mesh-user", billing.Day(time.Now(), time.UTC)), 1000*150+10*600)
 	if n := len(openai.Requests()); n != 1 {
 		t.Fatalf("the provider received %d requests", n)
 	}

@@ -89,9 +89,15 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 }
 
 // Spent reads a budget key as an integer (0 when absent).
-func (s *Stack) Spent(t testing.TB, key string) int64 {
+func (s *Stack) Spent(t testing.TB, key string) int64 { return Spent(t, s.RDB, key) }
+
+// WaitSpent waits until key holds want; see WaitSpent.
+func (s *Stack) WaitSpent(t testing.TB, key string, want int64) { WaitSpent(t, s.RDB, key, want) }
+
+// Spent reads a budget key of rdb as an integer (0 when absent).
+func Spent(t testing.TB, rdb *redis.Client, key string) int64 {
 	t.Helper()
-	v, err := s.RDB.Get(context.Background(), key).Result()
+	v, err := rdb.Get(context.Background(), key).Result()
 	if err == redis.Nil {
 		return 0
 	}
@@ -105,16 +111,15 @@ func (s *Stack) Spent(t testing.TB, key string) int64 {
 	return n
 }
 
-// WaitSpent waits until key holds want (settlement is asynchronous) and
-// fails with the last value seen otherwise.
-func (s *Stack) WaitSpent(t testing.TB, key string, want int64) {
+// WaitSpent waits until key holds want (settlement is asynchronous), stays
+// a moment to catch a double bill, and fails with the last value seen.
+func WaitSpent(t testing.TB, rdb *redis.Client, key string, want int64) {
 	t.Helper()
 	var got int64
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if got = s.Spent(t, key); got == want {
-			// Stay a moment longer: a double bill would land now.
+		if got = Spent(t, rdb, key); got == want {
 			time.Sleep(200 * time.Millisecond)
-			if got = s.Spent(t, key); got == want {
+			if got = Spent(t, rdb, key); got == want {
 				return
 			}
 			break
