@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,7 +20,37 @@ type redisPipe = redis.Pipeliner
 // one user carries the user's hash tag, so the scripts below touch a single
 // Redis Cluster slot.
 type RedisStore struct {
-	rdb redis.UniversalClient
+	rdb     redis.UniversalClient
+	indexed userIndex
+}
+
+// userIndex remembers who this process has written to a day's user index,
+// so that a user's settlements after the first cost one round trip, not
+// two. Bounded: past maxIndexed users a day, every settlement writes.
+type userIndex struct {
+	mu    sync.Mutex
+	day   string
+	users map[string]struct{}
+}
+
+const maxIndexed = 100_000
+
+func (u *userIndex) has(day, user string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	_, ok := u.users[user]
+	return ok && u.day == day
+}
+
+func (u *userIndex) add(day, user string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.day != day || u.users == nil {
+		u.day, u.users = day, map[string]struct{}{}
+	}
+	if len(u.users) < maxIndexed {
+		u.users[user] = struct{}{}
+	}
 }
 
 // NewRedisStore connects to Redis. url is one of
@@ -219,13 +250,15 @@ func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("settle %s: %w", s.RequestID, err)
 	}
-	if n == 1 {
+	if n == 1 && !r.indexed.has(s.Day, s.User) {
 		// The day's user index lives in its own slot, outside the script;
 		// it only serves listings, so a lost update costs nothing.
 		pipe := r.rdb.Pipeline()
 		pipe.SAdd(ctx, usersKey(s.Day), s.User)
 		pipe.Expire(ctx, usersKey(s.Day), keyTTL)
-		_, _ = pipe.Exec(ctx)
+		if _, err := pipe.Exec(ctx); err == nil {
+			r.indexed.add(s.Day, s.User)
+		}
 	}
 	return n == 1, nil
 }

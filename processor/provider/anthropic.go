@@ -44,7 +44,8 @@ func (Messages) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, erro
 		if !m.IsObject() {
 			return nil, badRequest("messages", "messages[%d] must be an object", i)
 		}
-		msgs = append(msgs, billing.Message{Role: m.Get("role").String(), Content: anthropicText(m.Get("content"))})
+		o := newObject(m)
+		msgs = append(msgs, billing.Message{Role: o.Get("role").String(), Content: anthropicText(o.Get("content"))})
 	}
 	req.PromptTokens = int64(tk.CountChat(req.Model, msgs))
 	if tools := root.Get("tools"); tools.IsArray() {

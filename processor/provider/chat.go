@@ -33,10 +33,11 @@ func (Chat) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, error) {
 		return nil, badRequest("messages", "'messages' must be an array of messages")
 	}
 	var list []billing.Message
-	for i, m := range msgs.Array() {
-		if !m.IsObject() {
+	for i, raw := range msgs.Array() {
+		if !raw.IsObject() {
 			return nil, badRequest("messages", "messages[%d] must be an object", i)
 		}
+		m := newObject(raw)
 		list = append(list, billing.Message{
 			Role:    m.Get("role").String(),
 			Name:    m.Get("name").String(),
@@ -59,7 +60,7 @@ func (Chat) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, error) {
 	if req.Stream && !clientUsage {
 		// Ask for the final usage chunk; the meter strips it again so the
 		// client sees the stream it asked for.
-		out, err := sjson.SetBytes(body, "stream_options.include_usage", true)
+		out, err := withIncludeUsage(body, root)
 		if err != nil {
 			return nil, badRequest("stream_options", "'stream_options' must be an object")
 		}
@@ -68,10 +69,27 @@ func (Chat) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, error) {
 	return req, nil
 }
 
+// withIncludeUsage is body with stream_options.include_usage set. Without
+// stream_options (the common case) the member is appended at the end of
+// the object, which is what sjson does, without its scan of the body.
+func withIncludeUsage(body []byte, root object) ([]byte, error) {
+	if root.Get("stream_options").Exists() {
+		return sjson.SetBytes(body, "stream_options.include_usage", true)
+	}
+	end := bytes.LastIndexByte(body, '}')
+	member := `"stream_options":{"include_usage":true}`
+	if len(root.members) > 0 {
+		member = "," + member
+	}
+	out := make([]byte, 0, len(body)+len(member))
+	out = append(append(append(out, body[:end]...), member...), body[end:]...)
+	return out, nil
+}
+
 // includeUsage reads stream_options.include_usage, strictly typed: a
 // reader that took "true" or 1 for true would skip the injection that a
 // provider then does not honour.
-func includeUsage(root gjson.Result) (bool, error) {
+func includeUsage(root object) (bool, error) {
 	opts := root.Get("stream_options")
 	if !opts.Exists() || opts.Type == gjson.Null {
 		return false, nil
@@ -204,18 +222,18 @@ func toolCallsText(calls gjson.Result) string {
 }
 
 // parseObject checks that body is one JSON object with a single reading.
-func parseObject(body []byte) (gjson.Result, error) {
+func parseObject(body []byte) (object, error) {
 	if !utf8.Valid(body) {
-		return gjson.Result{}, badRequest("", "the request body is not valid UTF-8; send UTF-8 encoded JSON")
+		return object{}, badRequest("", "the request body is not valid UTF-8; send UTF-8 encoded JSON")
 	}
 	if err := checkStrict(body); err != nil {
-		return gjson.Result{}, err
+		return object{}, err
 	}
 	root := gjson.ParseBytes(body)
 	if !root.IsObject() {
-		return gjson.Result{}, badRequest("", "the request body must be a JSON object")
+		return object{}, badRequest("", "the request body must be a JSON object")
 	}
-	return root, nil
+	return newObject(root), nil
 }
 
 // maxN bounds the completions one request may ask for (OpenAI's own limit).
@@ -224,7 +242,7 @@ const maxN = 128
 // commonFields reads model, stream, user and the output limit: the largest
 // of the limits given, since which one a provider honours when a client
 // sends several is the provider's choice, and the reservation must cover it.
-func commonFields(root gjson.Result, limits ...string) (*Request, error) {
+func commonFields(root object, limits ...string) (*Request, error) {
 	model := root.Get("model")
 	if !model.Exists() {
 		return nil, badRequest("model", "you must provide a model parameter")
@@ -257,7 +275,7 @@ func commonFields(root gjson.Result, limits ...string) (*Request, error) {
 
 // intField reads an optional integer member within [lo, hi]; absent or
 // null reads as 0.
-func intField(root gjson.Result, name string, lo, hi int64) (int64, error) {
+func intField(root object, name string, lo, hi int64) (int64, error) {
 	v := root.Get(name)
 	if !v.Exists() || v.Type == gjson.Null {
 		return 0, nil

@@ -29,7 +29,8 @@ func (Responses) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, err
 	case in.Type == gjson.String:
 		msgs = append(msgs, billing.Message{Role: "user", Content: in.String()})
 	case in.IsArray():
-		for _, item := range in.Array() {
+		for _, raw := range in.Array() {
+			item := newObject(raw)
 			msgs = append(msgs, billing.Message{
 				Role: item.Get("role").String(),
 				Content: contentText(item.Get("content")) + item.Get("output").String() +
