@@ -137,8 +137,7 @@ func (x *exchange) responseHeaders(kv ...string) *extprocv3.ProcessingResponse {
 // responseChunk sends a body chunk and returns what the client gets of it.
 func (x *exchange) responseChunk(chunk string, eos bool) string {
 	x.t.Helper()
-	resp := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
-		ResponseBody: &extprocv3.HttpBody{Body: []byte(chunk), EndOfStream: eos}}})
+	resp := x.send(responseChunkRequest(chunk, eos))
 	rb := resp.GetResponseBody()
 	if rb == nil {
 		x.t.Fatalf("reply to a response chunk: %v", resp)
@@ -147,6 +146,11 @@ func (x *exchange) responseChunk(chunk string, eos bool) string {
 		return string(m.GetBody())
 	}
 	return chunk
+}
+
+func responseChunkRequest(chunk string, eos bool) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
+		ResponseBody: &extprocv3.HttpBody{Body: []byte(chunk), EndOfStream: eos}}}
 }
 
 func immediateStatus(resp *extprocv3.ProcessingResponse) (int, string) {

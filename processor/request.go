@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -278,6 +279,9 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 	if r.sse && r.req.UsageInjected {
 		out := r.meterSSE(chunk, eos, true)
 		r.afterChunk(eos)
+		if r.gz == nil && bytes.Equal(out, chunk) {
+			out = nil // nothing cut or held: Envoy passes its own bytes on
+		}
 		return r.withBill(responseBody(out)), nil
 	}
 	account := func() {

@@ -131,3 +131,28 @@ func TestGzipStreamDecodedStrippedAndBilled(t *testing.T) {
 		t.Fatalf("billed %d, want %d", spent, want*(len(comp)+1))
 	}
 }
+
+// A chunk of whole events with nothing to cut is left to Envoy, not sent
+// back: only the chunk that carries the injected usage is rewritten.
+func TestInjectedUsageOnlyUsageChunkRewritten(t *testing.T) {
+	const body = `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	h := newHarness(t, nil)
+	x := h.open(t)
+	x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", "rewrite", "x-user-id", "prop")
+	if ir := x.requestBody(body).GetImmediateResponse(); ir != nil {
+		t.Fatalf("refused: %s", ir.GetBody())
+	}
+	x.responseHeaders(":status", "200", "content-type", "text/event-stream")
+	stream, clean := chatStream("\n", true), chatStream("\n", false)
+	cut := strings.Index(stream, `data: {"id":"c","choices":[],"usage"`)
+	for i, chunk := range []string{stream[:cut], stream[cut:]} {
+		resp := x.send(responseChunkRequest(chunk, i == 1))
+		m := resp.GetResponseBody().GetResponse().GetBodyMutation()
+		switch {
+		case i == 0 && m != nil:
+			t.Errorf("a chunk without usage was sent back: %q", m.GetBody())
+		case i == 1 && (m == nil || string(m.GetBody()) != clean[cut:]):
+			t.Errorf("the usage chunk reached the client: mutation %v, want %q", m, clean[cut:])
+		}
+	}
+}
