@@ -21,7 +21,9 @@ import (
 // BenchmarkLoadTest is `make loadtest`: the same streaming load, in one run,
 // against (a) the fake upstream directly, (b) Envoy alone with the
 // generated configuration minus the ext_proc filter, and (c) Envoy with
-// the sidecar and Redis, printing one table with the ratios (c)/(b). It
+// the sidecar and Redis ((d): over a Unix socket; (e): the same filter
+// against a pass-through ext_proc server, whose CPU is in the sidecar
+// column), printing one table with the ratios (c)/(b). It
 // measures and prints, once (-benchtime 1x); it fails only when requests
 // fail. Off unless LOADTEST=1, so that `make bench` stays short: it takes
 // minutes and the whole machine.
@@ -52,6 +54,10 @@ func loadTest(t testing.TB) {
 	defer direct.Close()
 	uds := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, UnixSocket: true,
 		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64"}})
+	// The same filter against a server that changes nothing: the ext_proc
+	// protocol's own cost, the floor under (c).
+	pass := testenv.StartPassthrough(t)
+	floor := testenv.StartEnvoyWith(t, envoy.Options{UpstreamURL: s.UpstreamURL, ExtProcAddr: pass.Addr})
 
 	type target struct {
 		name string
@@ -63,6 +69,7 @@ func loadTest(t testing.TB) {
 		{"(b) envoy", plain.URL(), map[string]int{"envoy": plain.PID()}},
 		{"(c) envoy+firewall", s.Envoy.URL(), map[string]int{"envoy": s.Envoy.PID(), "sidecar": s.Sidecar.PID(), "redis": s.Redis.PID()}},
 		{"(d) same, ext_proc on UDS", uds.Envoy.URL(), map[string]int{"envoy": uds.Envoy.PID(), "sidecar": uds.Sidecar.PID(), "redis": uds.Redis.PID()}},
+		{"(e) envoy+pass-through ext_proc", floor.URL(), map[string]int{"envoy": floor.PID(), "sidecar": pass.PID()}},
 	}
 	scenarios := []struct {
 		name  string
@@ -78,7 +85,7 @@ func loadTest(t testing.TB) {
 	fmt.Fprintln(tw, "scenario\ttarget\treq/s\tTTFB p50 ms\tp90\tp99\ttotal p50 ms\tp99\tCPU ms/req envoy\tsidecar\tredis\tproxy total\tnon-200\t")
 	var ratios []string
 	for i, sc := range scenarios {
-		var rps, cpu, side, ttfb [4]float64
+		var rps, cpu, side, ttfb [5]float64
 		for j, tg := range targets {
 			cfg := loadgen.Config{URL: tg.url, Concurrency: sc.c, Duration: dur, PromptBytes: sc.kb << 10, Seed: uint64(1 + i),
 				Headers: map[string]string{"authorization": "Bearer " + testenv.ClientKey, "x-fake-words": "20", "x-user-id": fmt.Sprintf("load-%d", i)}}
@@ -108,9 +115,13 @@ func loadTest(t testing.TB) {
 				ms(loadgen.Quantile(r.Total, 0.5)), ms(loadgen.Quantile(r.Total, 0.99)),
 				per("envoy"), per("sidecar"), per("redis"), total, r.Requests-r.Status[200])
 		}
-		for _, k := range []int{2, 3} {
-			ratios = append(ratios, fmt.Sprintf("%s, %s:\treq/s ÷ (b) %.2f\tproxy CPU/req ÷ (b) %.1f×\tsidecar CPU %.2f ms/req\tadded TTFB p50 %.2f ms\t",
-				sc.name, targets[k].name[:3], rps[k]/rps[1], cpu[k]/cpu[1], side[k], ttfb[k]-ttfb[1]))
+		for _, k := range []int{2, 3, 4} {
+			who := "sidecar"
+			if k == 4 {
+				who = "pass-through"
+			}
+			ratios = append(ratios, fmt.Sprintf("%s, %s:\treq/s ÷ (b) %.2f\tproxy CPU/req ÷ (b) %.1f×\t%s CPU %.2f ms/req\tadded TTFB p50 %.2f ms\t",
+				sc.name, targets[k].name[:3], rps[k]/rps[1], cpu[k]/cpu[1], who, side[k], ttfb[k]-ttfb[1]))
 		}
 	}
 	tw.Flush()
