@@ -123,9 +123,11 @@ func TestCrashedSidecarReservationsExpire(t *testing.T) {
 	}
 	s.Sidecar.Start()
 	if _, b := getBudget(t, s, testenv.ClientKey, map[string]string{"x-user-id": "crashy"}); b.ReservedNanos != 3*reservation {
-		// Reservations may have expired already on a slow machine; only
-		// their presence right after the crash is checked here.
-		if time.Since(crashed) < 3*time.Second {
+		// Reservations may have expired already on a slow machine (the
+		// sidecar's restart loads both encodings): renewed every third of
+		// the TTL, they last at least 2 s after the crash, and only their
+		// presence within that is checked here.
+		if time.Since(crashed) < 2*time.Second {
 			t.Fatalf("reserved after restart = %d, want %d", b.ReservedNanos, 3*reservation)
 		}
 	}
