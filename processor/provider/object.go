@@ -8,9 +8,10 @@ import (
 
 // object is a request body's top-level members, read in one pass. Each
 // gjson Get scans the body from its start, past every member before the
-// one asked for (or all of them, for one that is absent): for an agent's
-// 32 KB prompt the dozen lookups of a request cost more than counting its
-// tokens. checkStrict has refused repeated names, so a name has one value.
+// one asked for (or all of them, for one that is absent): for a 32 KB
+// prompt the dozen lookups of a request cost half as much as counting its
+// tokens. checkStrict has refused repeated names in request bodies; were
+// one repeated, the first would be read, as gjson reads it.
 type object struct {
 	root    gjson.Result
 	members map[string]gjson.Result
@@ -22,7 +23,9 @@ func newObject(root gjson.Result) object {
 		return o // no members: Get finds nothing, as gjson would
 	}
 	root.ForEach(func(k, v gjson.Result) bool {
-		o.members[k.String()] = v
+		if _, seen := o.members[k.String()]; !seen {
+			o.members[k.String()] = v // the first, as gjson's Get reads
+		}
 		return true
 	})
 	return o

@@ -10,11 +10,11 @@ import (
 // deeper paths and escaped names.
 func TestObjectGetEqualsGjson(t *testing.T) {
 	body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"stre\u0061m":true,` +
-		`"metadata":{"user_id":"u"},"n":null,"tools":[1,2]}`
+		`"metadata":{"user_id":"u"},"n":null,"tools":[1,2],"dup":1,"dup":2}`
 	root := gjson.Parse(body)
 	o := newObject(root)
 	for _, path := range []string{"model", "messages", "stream", "metadata", "metadata.user_id",
-		"metadata.absent", "n", "tools", "tools.1", "absent", "messages.0.content", "tools.#"} {
+		"metadata.absent", "n", "tools", "tools.1", "absent", "messages.0.content", "tools.#", "dup"} {
 		got, want := o.Get(path), root.Get(path)
 		if got.Raw != want.Raw || got.Type != want.Type || got.Exists() != want.Exists() {
 			t.Errorf("Get(%q) = %q (%v), gjson %q (%v)", path, got.Raw, got.Type, want.Raw, want.Type)
