@@ -2,20 +2,11 @@ package testenv
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/aifirewall/aifirewall/internal/testinfra"
-)
-
-var (
-	passOnce sync.Once
-	passBin  string
-	passErr  error
 )
 
 // Passthrough is a running cmd/extproc-passthrough: an ext_proc server
@@ -32,24 +23,9 @@ func (p *Passthrough) PID() int { return p.cmd.Process.Pid }
 // pass-through ext_proc server on a free loopback port.
 func StartPassthrough(t testing.TB) *Passthrough {
 	t.Helper()
-	passOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "extproc-passthrough")
-		if err != nil {
-			passErr = err
-			return
-		}
-		passBin = filepath.Join(dir, "extproc-passthrough")
-		cmd := exec.Command("go", "build", "-o", passBin, "./cmd/extproc-passthrough")
-		cmd.Dir = testinfra.RepoRoot(t)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			passErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if passErr != nil {
-		t.Fatal(passErr)
-	}
+	bin := passthroughBin.build(t, "./cmd/extproc-passthrough", false)
 	p := &Passthrough{Addr: fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))}
-	p.cmd = exec.Command(passBin, "-addr", p.Addr)
+	p.cmd = exec.Command(bin, "-addr", p.Addr)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

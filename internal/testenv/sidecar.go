@@ -15,36 +15,46 @@ import (
 	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
+// binary is a command of this module built once per test process.
+type binary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var sidecarBin, passthroughBin binary
+
+// build compiles the package pkg (a ./cmd path) once, with the race
+// detector when race is set, and returns the binary's path.
+func (b *binary) build(t testing.TB, pkg string, race bool) string {
+	t.Helper()
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "aifirewall-bin")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, filepath.Base(pkg))
+		args := []string{"build", "-o", b.path}
+		if race {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, pkg)...)
+		cmd.Dir = testinfra.RepoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
 
 // SidecarBinary builds cmd/aifirewall once per test process.
 func SidecarBinary(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "aifirewall-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "aifirewall")
-		args := []string{"build", "-o", builtBin}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, "./cmd/aifirewall")...)
-		cmd.Dir = testinfra.RepoRoot(t)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtBin
+	return sidecarBin.build(t, "./cmd/aifirewall", raceEnabled)
 }
 
 // Sidecar is a running aifirewall process.
