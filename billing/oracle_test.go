@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,19 +86,56 @@ func TestCountEqualsTiktokenOnLongRuns(t *testing.T) {
 	}
 }
 
-// The queued merge (a heap up to bucketMin bytes, rank buckets beyond) and
-// tiktoken's own quadratic loop agree on long pieces where the oracle
-// itself would take too long.
-func TestQueuedMergeEqualsQuadraticMerge(t *testing.T) {
+// On long pieces, where the oracle itself would take too long, the three
+// merges agree: tiktoken's quadratic loop (up to 2 KiB), the queued merge
+// (a heap up to bucketMin bytes, rank buckets beyond) and the backtracking
+// encoder, which finds an encoding every time.
+func TestLongPieceMergesAgree(t *testing.T) {
 	tk := newTokenizer(t)
 	s := &scratch{}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	var pieces []string
 	for _, size := range []int{2 << 10, 32 << 10} {
 		for _, unit := range []string{"a", "ab", "abc", "😀", "東京", "xyzzy", "\x00\xff", "the cat ", "数据"} {
-			p := strings.Repeat(unit, size/len(unit))
-			for _, c := range []*bpeCounter{tk.o200k, tk.cl100k} {
-				if q, want := c.mergeQueued(s, p), c.mergeSmall(s, p); q != want {
-					t.Errorf("%q×%d: queued %d, quadratic %d", unit, len(p)/len(unit), q, want)
+			pieces = append(pieces, strings.Repeat(unit, size/len(unit)))
+		}
+		// Random runs over small alphabets: many ties, many near misses.
+		for _, alphabet := range []string{"ab", "aab", "lo", "東京都", "の日本語", "ьъы", "eé"} {
+			units := []rune(alphabet)
+			var sb strings.Builder
+			for sb.Len() < size {
+				sb.WriteRune(units[rnd.IntN(len(units))])
+			}
+			pieces = append(pieces, sb.String())
+		}
+	}
+	for _, p := range pieces {
+		for _, c := range []*bpeCounter{tk.o200k, tk.cl100k} {
+			q := c.mergeQueued(s, p)
+			if len(p) <= 2<<10 {
+				if want := c.mergeSmall(s, p); q != want {
+					t.Errorf("%q (%d bytes): queued %d, quadratic %d", clipText(p), len(p), q, want)
 				}
+			}
+			if b := c.backtrack(s, p); b != q {
+				t.Errorf("%q (%d bytes): backtrack %d, queued %d", clipText(p), len(p), b, q)
+			}
+		}
+	}
+}
+
+// Every token of both encodings is one token to the backtracking encoder:
+// the trie, the prefix links and the pair check agree with the ranks.
+func TestBacktrackEveryTokenIsOne(t *testing.T) {
+	tk := newTokenizer(t)
+	s := &scratch{}
+	for _, c := range []*bpeCounter{tk.o200k, tk.cl100k} {
+		for tok := range c.ranks {
+			if _, whole := c.bt.whole[tok]; whole {
+				continue
+			}
+			if n := c.backtrack(s, tok); n != 1 {
+				t.Errorf("token %q: %d tokens", tok, n)
 			}
 		}
 	}

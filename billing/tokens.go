@@ -19,8 +19,8 @@ const cacheMin = 256
 // Tokenizer counts tokens with OpenAI's BPE encodings, exactly as tiktoken
 // does, from the ranks compiled into the binary: it never touches the
 // network. The ranks come from tiktoken-go's offline loader; the split and
-// the merge are ours (pretokenize.go, bpe.go), linear in the text and
-// n·log n in the longest piece, and checked against tiktoken-go in tests.
+// the merge are ours (pretokenize.go, bpe.go, backtrack.go), linear in the
+// text, and checked against tiktoken-go in tests.
 //
 // Chat clients send the whole conversation on every turn, so most message
 // texts were counted before: counts of longer texts are kept in a bounded
