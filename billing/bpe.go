@@ -29,6 +29,7 @@ type bpeCounter struct {
 	// piece, and most of the work in scripts of multi-byte characters.
 	bytePairs []int32
 	bt        *tokenInfo // for backtrack
+	short     shortTable
 }
 
 // scratch is a counter's working memory, reused between calls.
@@ -64,10 +65,6 @@ const (
 )
 
 const pairSlots = 1 << 14
-
-// backtrackMin is the longest piece for tiktoken's own loop: from there on
-// backtrack is as fast or faster (measured with BenchmarkCount*).
-const backtrackMin = 8
 
 type pairEntry struct{ a, b, merged int32 }
 
@@ -117,6 +114,7 @@ func newCounter(ranks map[string]int, o200k bool) *bpeCounter {
 		}
 	}
 	c.buildBacktrack()
+	c.short = newShortTable(ranks)
 	return c
 }
 
@@ -177,14 +175,20 @@ func (c *bpeCounter) count(text string) int {
 	return n
 }
 
-// piece counts the tokens of one piece: one when the piece is a token (most
-// words are), else the parts left by merging the lowest-ranked adjacent
-// pair, leftmost first, until no pair is a token.
+// piece counts the tokens of one piece: what tiktoken's merge leaves of it
+// (merging the lowest-ranked adjacent pair, leftmost first, until no pair
+// is a token), one when the piece is a token.
 func (c *bpeCounter) piece(s *scratch, p string) int {
-	if len(p) <= 1 {
+	switch {
+	case len(p) <= 1:
 		return len(p)
-	}
-	if len(p) > seenMax {
+	case len(p) <= shortMax:
+		// Short pieces are mostly tokens, found faster than in the seen cache.
+		if c.short.rank(p) >= 0 {
+			return 1
+		}
+		return c.mergeSmall(s, p)
+	case len(p) > seenMax:
 		return c.pieceUncached(s, p)
 	}
 	e := &s.seen[maphash.String(c.seed, p)%seenSlots]
@@ -210,16 +214,9 @@ func (s *scratch) ringHas(at uint32, p string) bool {
 	return true
 }
 
-// pieceUncached counts a piece the cheapest way for its length: the short
-// pieces of ordinary text by tiktoken's own loop, longer ones (words of
-// Han script, identifiers, runs) by backtrack, linear in the piece.
+// pieceUncached counts a piece longer than shortMax (a word of Han
+// script, an identifier, a run) in time linear in its length.
 func (c *bpeCounter) pieceUncached(s *scratch, p string) int {
-	if len(p) <= backtrackMin {
-		if _, ok := c.ranks[p]; ok {
-			return 1
-		}
-		return c.mergeSmall(s, p)
-	}
 	if _, ok := c.bt.whole[p]; ok {
 		return 1
 	}
@@ -227,7 +224,6 @@ func (c *bpeCounter) pieceUncached(s *scratch, p string) int {
 		return n
 	}
 	return c.mergeQueued(s, p) // not reached: backtrack always finds BPE's encoding
-
 }
 
 // mergeSmall is tiktoken's own merge loop: quadratic, and the fastest for

@@ -1,6 +1,9 @@
 package billing
 
-import "unicode"
+import (
+	"unicode"
+	"unicode/utf8"
+)
 
 // tiktoken splits text into pieces with a regular expression before the
 // BPE merge, and the regexp engine (regexp2, backtracking) is most of the
@@ -90,13 +93,24 @@ type runes struct {
 }
 
 func (rs *runes) load(text string) {
-	rs.r, rs.c, rs.off = rs.r[:0], rs.c[:0], rs.off[:0]
-	for i, r := range text {
-		rs.r = append(rs.r, r)
-		rs.c = append(rs.c, classOf(r))
-		rs.off = append(rs.off, int32(i))
+	if cap(rs.off) <= len(text) {
+		// At most one rune a byte.
+		rs.r, rs.c, rs.off = make([]rune, len(text)), make([]uint8, len(text)), make([]int32, len(text)+1)
 	}
-	rs.off = append(rs.off, int32(len(text)))
+	r, c, off := rs.r[:len(text)], rs.c[:len(text)], rs.off[:len(text)+1]
+	n := 0
+	for i := 0; i < len(text); n++ {
+		if b := text[i]; b < utf8.RuneSelf {
+			r[n], c[n], off[n] = rune(b), bmpClass[b], int32(i)
+			i++
+			continue
+		}
+		u, size := utf8.DecodeRuneInString(text[i:])
+		r[n], c[n], off[n] = u, classOf(u), int32(i)
+		i += size
+	}
+	off[n] = int32(len(text))
+	rs.r, rs.c, rs.off = r[:n], c[:n], off[:n+1]
 }
 
 // isPrefix is [^\r\n\p{L}\p{N}].
