@@ -22,8 +22,12 @@ import (
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/identity"
+	"github.com/aifirewall/aifirewall/internal/grpcbuf"
 	"github.com/aifirewall/aifirewall/operator"
 )
+
+// gRPC's buffer pool can only be replaced before any gRPC use.
+func init() { grpcbuf.Install() }
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {

@@ -11,8 +11,12 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 
+	"github.com/aifirewall/aifirewall/internal/grpcbuf"
 	"github.com/aifirewall/aifirewall/internal/passthrough"
 )
+
+// gRPC's buffer pool can only be replaced before any gRPC use.
+func init() { grpcbuf.Install() }
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50052", "listen address")
