@@ -1,9 +1,6 @@
 package billing
 
-import (
-	"bytes"
-	"slices"
-)
+import "bytes"
 
 // The backtracking encoder (the scheme of GitHub's Rust `bpe` crate) gives
 // tiktoken's merge result without replaying the merges: it walks the piece
@@ -18,13 +15,14 @@ import (
 // merged piece; the few others are whole pieces only, which count answers
 // from the rank map before any merge.
 
-// trie holds the reachable tokens for longest-prefix lookups. Nodes are
-// numbered breadth first, so the children of node n are the nodes
-// first[n] to first[n+1]-1, with the bytes label[first[n]:first[n+1]].
+// trie holds the tokens for longest-prefix lookups. Nodes are numbered
+// breadth first, so the children of node n are the nodes first[n] to
+// first[n+1]-1, with the bytes label[first[n]:first[n+1]].
 type trie struct {
 	first []int32
 	label []byte
 	token []int32 // the token ending at node n, or -1
+	node  []int32 // the node of each token, by rank
 }
 
 // tokenInfo is what the encoder needs of each reachable token, by rank.
@@ -32,15 +30,16 @@ type tokenInfo struct {
 	size        []uint8 // its length in bytes
 	shorter     []int32 // the longest reachable token that is its proper prefix, or -1
 	left, right []int32 // the two tokens whose merge made it; itself for a byte
-	trie        trie
+	trie        trie    // of the reachable tokens
 	// The tokens BPE does not reach from their bytes (none in o200k_base
 	// or cl100k_base): a piece that is one of them is one token.
 	whole map[string]struct{}
 }
 
-// buildBacktrack prepares c for backtrack: the reachable tokens, each
-// one's last merge, and the trie.
-func (c *bpeCounter) buildBacktrack() {
+// buildBacktrack prepares c for backtrack from the vocabulary and its trie:
+// which tokens BPE reaches, each one's last merge, and each one's longest
+// reachable prefix; the others leave the trie.
+func (c *bpeCounter) buildBacktrack(vocab []token, tr trie) {
 	top := len(c.first) - 1
 	info := tokenInfo{
 		size: make([]uint8, top), shorter: make([]int32, top),
@@ -51,89 +50,102 @@ func (c *bpeCounter) buildBacktrack() {
 		info.left[i], info.right[i], info.shorter[i] = -1, -1, -1
 	}
 	s := &scratch{}
-	var reach []string
-	for tok, r := range c.ranks {
-		if len(tok) > 255 {
-			info.whole[tok] = struct{}{}
-			continue
-		}
-		a, b, ok := int32(r), int32(r), true
-		if len(tok) > 1 {
+	for _, v := range vocab {
+		a, b, ok := v.r, v.r, len(v.s) <= 255
+		if ok && len(v.s) > 1 {
 			// tiktoken's merge of the token alone: does it end as the
 			// token, and from which two?
-			ok = c.mergeSmall(s, tok) == 1 && s.tok[0] == int32(r)
+			ok = c.mergeSmall(s, v.s) == 1 && s.tok[0] == v.r
 			a, b = s.lastA, s.lastB
 		}
 		if ok {
-			info.size[r], info.left[r], info.right[r] = uint8(len(tok)), a, b
-			reach = append(reach, tok)
+			info.size[v.r], info.left[v.r], info.right[v.r] = uint8(len(v.s)), a, b
 		} else {
-			info.whole[tok] = struct{}{}
+			info.whole[v.s] = struct{}{}
+			tr.token[tr.node[v.r]] = -1
 		}
 	}
-	slices.Sort(reach)
-	info.trie = c.buildTrie(reach, info.shorter)
+	// Parents come before their children in breadth-first order.
+	above := make([]int32, len(tr.token))
+	above[0] = -1
+	for n := range int32(len(tr.token)) {
+		if t := tr.token[n]; t >= 0 {
+			info.shorter[t] = above[n]
+		}
+		for ch := tr.first[n]; ch < tr.first[n+1]; ch++ {
+			above[ch] = above[n]
+			if t := tr.token[n]; t >= 0 {
+				above[ch] = t
+			}
+		}
+	}
+	tr.node = nil
+	info.trie = tr
 	c.bt = &info
 }
 
-// buildTrie numbers the nodes of sorted's trie breadth first and records
-// each token's longest proper prefix token in shorter.
-func (c *bpeCounter) buildTrie(sorted []string, shorter []int32) trie {
-	// A node is the range of sorted sharing its first depth bytes, and the
-	// nearest token above it.
-	type node struct{ lo, hi, depth, above int32 }
+// buildTrie numbers the nodes of the sorted vocabulary's trie breadth
+// first.
+func buildTrie(sorted []token) trie {
+	// A node is the range of sorted sharing its first depth bytes.
+	type node struct{ lo, hi, depth int32 }
 	t := trie{first: []int32{1}, label: []byte{0}, token: []int32{-1}}
-	queue := []node{{0, int32(len(sorted)), 0, -1}}
+	top := int32(0)
+	for _, v := range sorted {
+		top = max(top, v.r)
+	}
+	t.node = make([]int32, top+1)
+	queue := []node{{0, int32(len(sorted)), 0}}
 	for len(queue) > 0 {
 		n := queue[0]
 		queue = queue[1:]
-		id := len(t.first) - 1
-		above := n.above
-		if n.lo < n.hi && int32(len(sorted[n.lo])) == n.depth {
-			tok := int32(c.ranks[sorted[n.lo]])
-			t.token[id] = tok
-			shorter[tok] = n.above
-			above = tok
+		id := int32(len(t.first) - 1)
+		if n.lo < n.hi && int32(len(sorted[n.lo].s)) == n.depth {
+			t.token[id] = sorted[n.lo].r
+			t.node[sorted[n.lo].r] = id
 			n.lo++
 		}
-		children := 0
+		children := int32(0)
 		for lo := n.lo; lo < n.hi; {
-			b := sorted[lo][n.depth]
+			b := sorted[lo].s[n.depth]
 			hi := lo + 1
-			for hi < n.hi && sorted[hi][n.depth] == b {
+			for hi < n.hi && sorted[hi].s[n.depth] == b {
 				hi++
 			}
-			queue = append(queue, node{lo, hi, n.depth + 1, above})
+			queue = append(queue, node{lo, hi, n.depth + 1})
 			t.label = append(t.label, b)
 			t.token = append(t.token, -1)
 			children++
 			lo = hi
 		}
-		t.first = append(t.first, t.first[id]+int32(children))
+		t.first = append(t.first, t.first[id]+children)
 	}
 	return t
 }
 
-// longest is the longest reachable token at the start of p.
+// child is node n's child by byte b, or -1.
+func (t *trie) child(n int32, b byte) int32 {
+	lo, hi := t.first[n], t.first[n+1]
+	if hi-lo > 16 {
+		if k := bytes.IndexByte(t.label[lo:hi], b); k >= 0 {
+			return lo + int32(k)
+		}
+		return -1
+	}
+	for ; lo < hi && t.label[lo] <= b; lo++ {
+		if t.label[lo] == b {
+			return lo
+		}
+	}
+	return -1
+}
+
+// longest is the longest token of the trie at the start of p, or -1.
 func (t *trie) longest(p string) int32 {
 	best, n := int32(-1), int32(0)
 	for i := 0; i < len(p); i++ {
-		lo, hi := t.first[n], t.first[n+1]
-		b := p[i]
-		if hi-lo > 16 {
-			k := bytes.IndexByte(t.label[lo:hi], b)
-			if k < 0 {
-				break
-			}
-			n = lo + int32(k)
-		} else {
-			for lo < hi && t.label[lo] < b {
-				lo++
-			}
-			if lo == hi || t.label[lo] != b {
-				break
-			}
-			n = lo
+		if n = t.child(n, p[i]); n < 0 {
+			break
 		}
 		if tok := t.token[n]; tok >= 0 {
 			best = tok

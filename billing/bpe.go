@@ -1,8 +1,8 @@
 package billing
 
 import (
-	"cmp"
 	"hash/maphash"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -79,43 +79,85 @@ const noRank = math.MaxInt32
 func newCounter(ranks map[string]int, o200k bool) *bpeCounter {
 	c := &bpeCounter{ranks: ranks, o200k: o200k, seed: maphash.MakeSeed()}
 	c.pool.New = func() any { return &scratch{} }
-	type pair struct{ a, b, t int32 }
-	var pairs []pair
-	for tok, r := range ranks {
+	// Sorted as plain strings, then ranked (see buildPairs).
+	toks := slices.Sorted(maps.Keys(ranks))
+	vocab := make([]token, len(toks))
+	for i, tok := range toks {
+		vocab[i] = token{tok, int32(ranks[tok])}
 		if len(tok) == 1 {
-			c.byteRank[tok[0]] = int32(r)
-		}
-		for k := 1; k < len(tok); k++ {
-			a, okA := ranks[tok[:k]]
-			b, okB := ranks[tok[k:]]
-			if okA && okB {
-				pairs = append(pairs, pair{int32(a), int32(b), int32(r)})
-			}
+			c.byteRank[tok[0]] = int32(ranks[tok])
 		}
 	}
-	slices.SortFunc(pairs, func(x, y pair) int { return cmp.Or(cmp.Compare(x.a, y.a), cmp.Compare(x.b, y.b)) })
-	top := 0
-	for _, r := range ranks {
-		top = max(top, r)
-	}
-	c.first = make([]int32, top+2)
-	c.right, c.merged = make([]int32, len(pairs)), make([]int32, len(pairs))
-	for k, p := range pairs {
-		c.right[k], c.merged[k] = p.b, p.t
-		c.first[p.a+1]++
-	}
-	for a := 1; a < len(c.first); a++ {
-		c.first[a] += c.first[a-1]
-	}
+	c.short = newShortTable(vocab)
+	tr := buildTrie(vocab)
+	c.buildPairs(vocab, &tr)
 	if slices.Max(c.byteRank[:]) < 256 {
 		c.bytePairs = make([]int32, 1<<16)
 		for i := range c.bytePairs {
 			c.bytePairs[i] = c.search(int32(i>>8), int32(i&0xff))
 		}
 	}
-	c.buildBacktrack()
-	c.short = newShortTable(ranks)
+	c.buildBacktrack(vocab, tr)
 	return c
+}
+
+// token is one token of the vocabulary and its rank.
+type token struct {
+	s string
+	r int32
+}
+
+// buildPairs fills the merge table with every split of every token into
+// two tokens, finding the prefixes on the token's path in the trie (the
+// rank map would hash every prefix and every suffix: most of the start-up
+// time).
+func (c *bpeCounter) buildPairs(vocab []token, tr *trie) {
+	// A pair is a<<42 | b<<21 | merged, so that a plain sort orders them
+	// by a then b (sorting with a comparison function takes three times as
+	// long, ten times under the race detector).
+	var pairs []uint64
+	top := int32(0)
+	for _, v := range vocab {
+		top = max(top, v.r)
+		n := int32(0)
+		for k := 1; k < len(v.s); k++ {
+			n = tr.child(n, v.s[k-1])
+			if a := tr.token[n]; a >= 0 {
+				if b := c.rankOf(tr, v.s[k:]); b >= 0 {
+					pairs = append(pairs, uint64(a)<<42|uint64(b)<<21|uint64(v.r))
+				}
+			}
+		}
+	}
+	const mask = 1<<21 - 1
+	if top > mask {
+		panic("billing: a rank past 2^21 does not fit the pair table") // o200k_base's last is 199,997
+	}
+	slices.Sort(pairs)
+	c.first = make([]int32, top+2)
+	c.right, c.merged = make([]int32, len(pairs)), make([]int32, len(pairs))
+	for k, p := range pairs {
+		c.right[k], c.merged[k] = int32(p>>21&mask), int32(p&mask)
+		c.first[p>>42+1]++
+	}
+	for a := 1; a < len(c.first); a++ {
+		c.first[a] += c.first[a-1]
+	}
+}
+
+// rankOf is the rank of the token p, or -1.
+func (c *bpeCounter) rankOf(tr *trie, p string) int32 {
+	if len(p) <= shortMax {
+		return c.short.rank(p)
+	}
+	n := int32(0)
+	for i := 0; i < len(p) && n >= 0; i++ {
+		n = tr.child(n, p[i])
+	}
+	if n < 0 {
+		return -1
+	}
+	return tr.token[n]
 }
 
 // merge is the rank of the token made of tokens a and b, or noRank,

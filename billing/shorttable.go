@@ -20,10 +20,10 @@ type shortSlot struct {
 	len  uint8 // 0: empty
 }
 
-func newShortTable(ranks map[string]int) shortTable {
+func newShortTable(vocab []token) shortTable {
 	n := 0
-	for tok := range ranks {
-		if len(tok) <= shortMax {
+	for _, v := range vocab {
+		if len(v.s) <= shortMax {
 			n++
 		}
 	}
@@ -32,14 +32,14 @@ func newShortTable(ranks map[string]int) shortTable {
 		bits++
 	}
 	t := shortTable{slots: make([]shortSlot, 1<<bits), shift: 64 - bits}
-	for tok, r := range ranks {
-		if len(tok) <= shortMax {
-			k := pack(tok)
-			i := t.home(k, len(tok))
+	for _, v := range vocab {
+		if len(v.s) <= shortMax {
+			k := pack(v.s)
+			i := t.home(k, len(v.s))
 			for t.slots[i].len != 0 {
 				i = (i + 1) & (len(t.slots) - 1)
 			}
-			t.slots[i] = shortSlot{key: k, rank: int32(r), len: uint8(len(tok))}
+			t.slots[i] = shortSlot{key: k, rank: v.r, len: uint8(len(v.s))}
 		}
 	}
 	return t

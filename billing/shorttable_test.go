@@ -32,7 +32,7 @@ func TestShortTable(t *testing.T) {
 		}
 	}
 	// In a table of two slots every probe meets the one token.
-	tiny := newShortTable(map[string]int{"a": 7})
+	tiny := newShortTable([]token{{"a", 7}})
 	for p := "a\x00"; len(p) <= shortMax; p += "\x00" {
 		if r := tiny.rank(p); r >= 0 {
 			t.Errorf("%q found as rank %d in a table of \"a\" alone", p, r)

@@ -117,6 +117,10 @@ func TestCrashedSidecarReservationsExpire(t *testing.T) {
 	}
 	s.Sidecar.Kill()
 	crashed := time.Now()
+	// The crash leaves the reservations in Redis, whatever the restart takes.
+	if n, err := s.RDB.HLen(t.Context(), "reserved:{crashy}:"+billing.Day(time.Now(), time.UTC)).Result(); err != nil || n != 3 {
+		t.Fatalf("reservations right after the crash: %d (%v), want 3", n, err)
+	}
 	s.Upstream.Release("hold")
 	for _, r := range open {
 		r.Body.Close()
