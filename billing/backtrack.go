@@ -23,6 +23,10 @@ type trie struct {
 	label []byte
 	token []int32 // the token ending at node n, or -1
 	node  []int32 // the node of each token, by rank
+	// The nodes of the first two bytes, directly (-1: none): the widest
+	// nodes, and the first steps of every walk.
+	one []int32 // by byte
+	two []int32 // by the two bytes, first high
 }
 
 // tokenInfo is what the encoder needs of each reachable token, by rank.
@@ -120,6 +124,16 @@ func buildTrie(sorted []token) trie {
 		}
 		t.first = append(t.first, t.first[id]+children)
 	}
+	t.one, t.two = make([]int32, 1<<8), make([]int32, 1<<16)
+	for b := range 1 << 8 {
+		t.one[b] = t.child(0, byte(b))
+		for c := range 1 << 8 {
+			t.two[b<<8|c] = -1
+			if t.one[b] >= 0 {
+				t.two[b<<8|c] = t.child(t.one[b], byte(c))
+			}
+		}
+	}
 	return t
 }
 
@@ -142,8 +156,21 @@ func (t *trie) child(n int32, b byte) int32 {
 
 // longest is the longest token of the trie at the start of p, or -1.
 func (t *trie) longest(p string) int32 {
-	best, n := int32(-1), int32(0)
-	for i := 0; i < len(p); i++ {
+	if len(p) == 0 || t.one[p[0]] < 0 {
+		return -1
+	}
+	best := t.token[t.one[p[0]]]
+	if len(p) == 1 {
+		return best
+	}
+	n := t.two[int(p[0])<<8|int(p[1])]
+	if n < 0 {
+		return best
+	}
+	if tok := t.token[n]; tok >= 0 {
+		best = tok
+	}
+	for i := 2; i < len(p); i++ {
 		if n = t.child(n, p[i]); n < 0 {
 			break
 		}
