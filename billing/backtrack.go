@@ -12,8 +12,8 @@ import "bytes"
 // linear in the piece, with a constant bounded by the longest token.
 //
 // Only tokens that BPE reaches from their own bytes can appear inside a
-// merged piece; the few others are whole pieces only, which count answers
-// from the rank map before any merge.
+// merged piece; the few others can only be whole pieces, which
+// pieceUncached answers (tokenInfo.whole) before any merge.
 
 // trie holds the tokens for longest-prefix lookups. Nodes are numbered
 // breadth first, so the children of node n are the nodes first[n] to
@@ -280,5 +280,8 @@ func (c *bpeCounter) backtrack(s *scratch, p string) int {
 		}
 	}
 	s.dead, s.tok = dead, toks
+	if pos != len(p) {
+		return -1 // no token at pos: not with a vocabulary holding every byte
+	}
 	return len(toks)
 }

@@ -9,9 +9,9 @@ import (
 )
 
 // bpeCounter counts the tokens of one encoding: a splitter for its pieces
-// and its merge ranks (tiktoken's own, from the offline loader).
+// and tables made from its merge ranks (tiktoken's own, from the offline
+// loader; the rank map itself is not kept).
 type bpeCounter struct {
-	ranks map[string]int
 	o200k bool // which split pattern
 	pool  sync.Pool
 	seed  maphash.Seed
@@ -46,8 +46,8 @@ type scratch struct {
 	lastA, lastB int32
 	valid        [1 << validBits]validEntry
 
-	// Recently counted short pieces: text repeats its words, and a hit
-	// here, in cache, saves a miss in the 200,000-entry rank map. Entries
+	// Recently counted pieces of 9 to 32 bytes: text repeats its words,
+	// and a hit here, in cache, saves a backtrack. Entries
 	// point into a ring of piece bytes; one whose bytes were overwritten
 	// simply no longer matches.
 	seen [seenSlots]seenEntry
@@ -77,7 +77,7 @@ type seenEntry struct {
 const noRank = math.MaxInt32
 
 func newCounter(ranks map[string]int, o200k bool) *bpeCounter {
-	c := &bpeCounter{ranks: ranks, o200k: o200k, seed: maphash.MakeSeed()}
+	c := &bpeCounter{o200k: o200k, seed: maphash.MakeSeed()}
 	c.pool.New = func() any { return &scratch{} }
 	// Sorted as plain strings, then ranked (see buildPairs).
 	toks := slices.Sorted(maps.Keys(ranks))
