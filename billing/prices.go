@@ -46,20 +46,28 @@ func (p Price) Cost(u Usage) Nanos {
 // Prices maps model ids to prices. Unknown models get the fallback price,
 // never $0, and are reported once each through OnUnknown.
 type Prices struct {
-	models   map[string]Price
+	// layers are searched in order, each for every spelling of a model
+	// (see candidates) before the next: a provider's own prices, then
+	// PRICING_FILE, then the embedded table. A layer's "gpt-4o-mini" thus
+	// prices "gpt-4o-mini-2024-07-18" even where a layer below has the
+	// snapshot itself.
+	layers   []map[string]Price
 	fallback Price
 
 	// OnUnknown, when set, is called the first time a model is priced at
 	// the fallback price (for a log line and a metric).
 	OnUnknown func(model string)
 	seen      sync.Map
+
+	ceilingOnce sync.Once
+	ceiling     Price
 }
 
 // LoadPrices builds the table from the embedded prices, then the file at
 // overridePath (same format, LiteLLM's JSON) when it is not empty.
 func LoadPrices(overridePath string, fallback Price) (*Prices, error) {
-	t := &Prices{models: map[string]Price{}, fallback: fallback}
-	if err := t.merge(embeddedPrices); err != nil {
+	t := &Prices{layers: []map[string]Price{{}}, fallback: fallback}
+	if err := merge(t.layers[0], embeddedPrices); err != nil {
 		return nil, fmt.Errorf("embedded prices: %w", err)
 	}
 	if overridePath == "" {
@@ -72,24 +80,22 @@ func LoadPrices(overridePath string, fallback Price) (*Prices, error) {
 // overridePath (LiteLLM's JSON, may be "") and then those of models laid
 // over it: one provider's own prices over the shared table.
 func (t *Prices) With(overridePath string, models map[string]Price) (*Prices, error) {
-	c := &Prices{models: make(map[string]Price, len(t.models)+len(models)), fallback: t.fallback, OnUnknown: t.OnUnknown}
-	for m, p := range t.models {
-		c.models[m] = p
-	}
+	layer := make(map[string]Price, len(models))
 	if overridePath != "" {
 		raw, err := os.ReadFile(overridePath)
 		if err != nil {
 			return nil, fmt.Errorf("read pricing file: %w", err)
 		}
-		if err := c.merge(raw); err != nil {
+		if err := merge(layer, raw); err != nil {
 			return nil, fmt.Errorf("pricing file %s: %w", overridePath, err)
 		}
 	}
 	for m, p := range models {
 		// Keys are looked up lower-cased (see candidates).
-		c.models[strings.ToLower(strings.TrimSpace(m))] = p
+		layer[strings.ToLower(strings.TrimSpace(m))] = p
 	}
-	return c, nil
+	// Layers below are shared, never written after they are built.
+	return &Prices{layers: append([]map[string]Price{layer}, t.layers...), fallback: t.fallback, OnUnknown: t.OnUnknown}, nil
 }
 
 type priceRow struct {
@@ -100,7 +106,7 @@ type priceRow struct {
 	CacheWrite *float64 `json:"cache_creation_input_token_cost"`
 }
 
-func (t *Prices) merge(raw []byte) error {
+func merge(layer map[string]Price, raw []byte) error {
 	var rows map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &rows); err != nil {
 		return err
@@ -114,7 +120,7 @@ func (t *Prices) merge(raw []byte) error {
 		if err != nil {
 			return fmt.Errorf("model %q: %w", model, err)
 		}
-		t.models[model] = p
+		layer[model] = p
 	}
 	return nil
 }
@@ -156,9 +162,12 @@ func perTokenNanos(usd float64) (Nanos, error) {
 // OpenRouter ids ("openai/gpt-4o-mini") resolve to OpenRouter's own entry
 // when there is one, else to the vendor's bare model name.
 func (t *Prices) Lookup(model string) (Price, bool) {
-	for _, key := range candidates(model) {
-		if p, ok := t.models[key]; ok {
-			return p, true
+	keys := candidates(model)
+	for _, layer := range t.layers {
+		for _, key := range keys {
+			if p, ok := layer[key]; ok {
+				return p, true
+			}
 		}
 	}
 	return Price{}, false
@@ -218,5 +227,31 @@ func stripDate(model string) (string, bool) {
 	return "", false
 }
 
+// Ceiling is a price no model of the table exceeds in any kind of token
+// (each kind's dearest, the fallback included): the reservation of a
+// request that lets the provider choose the model.
+func (t *Prices) Ceiling() Price {
+	t.ceilingOnce.Do(func() {
+		c := t.fallback
+		for _, layer := range t.layers {
+			for _, p := range layer {
+				c.Input, c.Output = max(c.Input, p.Input), max(c.Output, p.Output)
+				c.CacheRead, c.CacheWrite = max(c.CacheRead, p.CacheRead), max(c.CacheWrite, p.CacheWrite)
+				c.Reasoning = max(c.Reasoning, p.Reasoning)
+			}
+		}
+		t.ceiling = c
+	})
+	return t.ceiling
+}
+
 // Len is the number of models in the table.
-func (t *Prices) Len() int { return len(t.models) }
+func (t *Prices) Len() int {
+	seen := map[string]bool{}
+	for _, layer := range t.layers {
+		for m := range layer {
+			seen[m] = true
+		}
+	}
+	return len(seen)
+}

@@ -137,3 +137,33 @@ func TestLookupResolvesDatedSnapshots(t *testing.T) {
 		}
 	}
 }
+
+// A provider's own price for a model also prices its dated snapshots, even
+// though the shared table has the snapshot at another price: providers
+// answer with the dated id, so the own price must win for the bill too.
+func TestOwnPricesResolveSnapshotsFirst(t *testing.T) {
+	base := loadPrices(t, "")
+	if shared, ok := base.Lookup("gpt-4o-mini-2024-07-18"); !ok || shared.Input != 150 {
+		t.Fatalf("the shared table's snapshot: %+v %v", shared, ok)
+	}
+	own, err := base.With("", map[string]Price{"gpt-4o-mini": {Input: 2000, Output: 8000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"gpt-4o-mini", "gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini-2024-07-18", "GPT-4o-mini:free"} {
+		if p, ok := own.Lookup(m); !ok || p.Input != 2000 || p.Output != 8000 {
+			t.Errorf("own table, %s: %+v %v", m, p, ok)
+		}
+	}
+	// The layer below is untouched, and models the provider does not price
+	// still come from it.
+	if p, _ := base.Lookup("gpt-4o-mini"); p.Input != 150 {
+		t.Errorf("the shared table changed: %+v", p)
+	}
+	if p, ok := own.Lookup("gpt-4o"); !ok || p.Input != 2500 {
+		t.Errorf("own table, a model it does not price: %+v %v", p, ok)
+	}
+	if own.Len() != base.Len() {
+		t.Errorf("Len: %d, base %d (gpt-4o-mini is in both)", own.Len(), base.Len())
+	}
+}

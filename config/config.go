@@ -38,18 +38,35 @@ type Config struct {
 	RedisCAFile   string `env:"REDIS_CA_FILE"`
 	// BudgetStore: "redis" (production), "memory" (this process only) or
 	// "auto" (Redis when it answers at start, else memory, with a warning).
-	BudgetStore      string        `env:"BUDGET_STORE" envDefault:"redis"`
-	DailyBudgetLimit string        `env:"DAILY_BUDGET_LIMIT" envDefault:"5.0"`
-	BudgetTimezone   string        `env:"BUDGET_TIMEZONE" envDefault:"UTC"`
-	ListenAddr       string        `env:"LISTEN_ADDR" envDefault:":50051"`
-	AdminAddr        string        `env:"ADMIN_ADDR" envDefault:":9090"`
-	PricingFile      string        `env:"PRICING_FILE"`
-	FallbackInput    string        `env:"FALLBACK_INPUT_PRICE_PER_MTOK" envDefault:"10"`
-	FallbackOutput   string        `env:"FALLBACK_OUTPUT_PRICE_PER_MTOK" envDefault:"30"`
-	RedisTimeout     time.Duration `env:"REDIS_TIMEOUT" envDefault:"1s"`
-	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
-	MaxBodyBytes     uint32        `env:"MAX_REQUEST_BODY_BYTES" envDefault:"8388608"`
-	ReservationTTL   time.Duration `env:"RESERVATION_TTL" envDefault:"15m"`
+	BudgetStore      string `env:"BUDGET_STORE" envDefault:"redis"`
+	DailyBudgetLimit string `env:"DAILY_BUDGET_LIMIT" envDefault:"5.0"`
+	BudgetTimezone   string `env:"BUDGET_TIMEZONE" envDefault:"UTC"`
+	// LISTEN_ADDR: loopback by default. Whoever speaks ext_proc admits
+	// requests and names identities, so the port answers only its own Envoy.
+	ListenAddr string `env:"LISTEN_ADDR" envDefault:"127.0.0.1:50051"`
+	// Mutual TLS on the ext_proc port, required when it listens beyond
+	// loopback: the server's certificate, the CA of allowed clients, and
+	// their identities (URI or DNS SANs, "*" matching any run).
+	ExtProcTLSCert  string   `env:"EXTPROC_TLS_CERT_FILE"`
+	ExtProcTLSKey   string   `env:"EXTPROC_TLS_KEY_FILE"`
+	ExtProcClientCA string   `env:"EXTPROC_TLS_CLIENT_CA_FILE"`
+	ExtProcClients  []string `env:"EXTPROC_TLS_ALLOWED_CLIENTS" envSeparator:","`
+	// EXTPROC_AUTHENTICATED_BY_MESH: a service mesh's proxy in front of the
+	// port authenticates callers (Istio mTLS and an AuthorizationPolicy), so
+	// plain gRPC on a pod address is allowed.
+	ExtProcByMesh bool `env:"EXTPROC_AUTHENTICATED_BY_MESH" envDefault:"false"`
+	// PROVIDER_KEYS_IN_EXTPROC: the sidecar reads provider keys and sends
+	// them in its ext_proc replies, for the one deployment with no proxy of
+	// its own to put them on (Istio's every-sidecar variant).
+	ProviderKeysInExtProc bool          `env:"PROVIDER_KEYS_IN_EXTPROC" envDefault:"false"`
+	AdminAddr             string        `env:"ADMIN_ADDR" envDefault:":9090"`
+	PricingFile           string        `env:"PRICING_FILE"`
+	FallbackInput         string        `env:"FALLBACK_INPUT_PRICE_PER_MTOK" envDefault:"10"`
+	FallbackOutput        string        `env:"FALLBACK_OUTPUT_PRICE_PER_MTOK" envDefault:"30"`
+	RedisTimeout          time.Duration `env:"REDIS_TIMEOUT" envDefault:"1s"`
+	ShutdownTimeout       time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+	MaxBodyBytes          uint32        `env:"MAX_REQUEST_BODY_BYTES" envDefault:"8388608"`
+	ReservationTTL        time.Duration `env:"RESERVATION_TTL" envDefault:"15m"`
 	// FAIL_MODE: "closed" refuses requests (503) while the budget store is
 	// unreachable; "open" forwards them unchecked and bills them later.
 	FailMode      string `env:"FAIL_MODE" envDefault:"closed"`
@@ -69,11 +86,18 @@ type Config struct {
 	MetricsPerUser bool   `env:"METRICS_PER_USER" envDefault:"false"`
 
 	// Settings of the generated Envoy configuration.
-	EnvoyTLSCert    string `env:"ENVOY_TLS_CERT_FILE"`
-	EnvoyTLSKey     string `env:"ENVOY_TLS_KEY_FILE"`
-	EnvoyClientCA   string `env:"ENVOY_CLIENT_CA_FILE"`
-	EnvoyListenAddr string `env:"ENVOY_LISTEN_ADDR" envDefault:"0.0.0.0:8000"`
-	EnvoyAdminAddr  string `env:"ENVOY_ADMIN_ADDR" envDefault:"127.0.0.1:9901"`
+	// ENVOY_EXTPROC_TLS_*: Envoy's client certificate towards a sidecar
+	// across a network, the CA that signed the sidecar's, and the name the
+	// sidecar's certificate must carry.
+	EnvoyExtProcCert   string `env:"ENVOY_EXTPROC_TLS_CERT_FILE"`
+	EnvoyExtProcKey    string `env:"ENVOY_EXTPROC_TLS_KEY_FILE"`
+	EnvoyExtProcCA     string `env:"ENVOY_EXTPROC_TLS_CA_FILE"`
+	EnvoyExtProcServer string `env:"ENVOY_EXTPROC_TLS_SERVER_NAME"`
+	EnvoyTLSCert       string `env:"ENVOY_TLS_CERT_FILE"`
+	EnvoyTLSKey        string `env:"ENVOY_TLS_KEY_FILE"`
+	EnvoyClientCA      string `env:"ENVOY_CLIENT_CA_FILE"`
+	EnvoyListenAddr    string `env:"ENVOY_LISTEN_ADDR" envDefault:"0.0.0.0:8000"`
+	EnvoyAdminAddr     string `env:"ENVOY_ADMIN_ADDR" envDefault:"127.0.0.1:9901"`
 	// ENVOY_HEALTH_ADDR: a listener serving only GET /ready (probes).
 	EnvoyHealthAddr string `env:"ENVOY_HEALTH_ADDR"`
 	ExtProcAddr     string `env:"EXTPROC_ADDR" envDefault:"127.0.0.1:50051"`
@@ -128,7 +152,7 @@ func (c *Config) derive() error {
 	}
 	u, err := url.Parse(c.UpstreamBaseURL)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return fmt.Errorf("UPSTREAM_BASE_URL: %q must be an http:// or https:// URL", c.UpstreamBaseURL)
+		return fmt.Errorf("UPSTREAM_BASE_URL: %q must be an http:// or https:// URL", providers.Redact(c.UpstreamBaseURL))
 	}
 	if c.Provider, err = provider.ParseKind(c.UpstreamProvider, c.UpstreamBaseURL); err != nil {
 		return fmt.Errorf("UPSTREAM_PROVIDER: %v", err)
@@ -189,6 +213,12 @@ func (c *Config) derive() error {
 	if (c.EnvoyTLSCert == "") != (c.EnvoyTLSKey == "") {
 		return errors.New("ENVOY_TLS_CERT_FILE and ENVOY_TLS_KEY_FILE: set both or neither")
 	}
+	if err := c.checkExtProcListener(); err != nil {
+		return err
+	}
+	if (c.EnvoyExtProcCert == "") != (c.EnvoyExtProcKey == "") || (c.EnvoyExtProcCert != "") != (c.EnvoyExtProcCA != "") {
+		return errors.New("ENVOY_EXTPROC_TLS_CERT_FILE, ENVOY_EXTPROC_TLS_KEY_FILE and ENVOY_EXTPROC_TLS_CA_FILE: set all three (Envoy's mutual TLS to the sidecar) or none")
+	}
 	if c.FailMode != "closed" && c.FailMode != "open" {
 		return fmt.Errorf("FAIL_MODE: %q is not closed or open", c.FailMode)
 	}
@@ -224,4 +254,39 @@ func firstError(err error) error {
 		}
 	}
 	return err
+}
+
+// checkExtProcListener refuses an ext_proc port that anyone on the network
+// could speak to: beyond a Unix socket or loopback it needs mutual TLS with
+// an allow-list, or a mesh that authenticates callers in front of it.
+func (c *Config) checkExtProcListener() error {
+	tlsSet := c.ExtProcTLSCert != "" || c.ExtProcTLSKey != "" || c.ExtProcClientCA != "" || len(c.ExtProcClients) > 0
+	if tlsSet && (c.ExtProcTLSCert == "" || c.ExtProcTLSKey == "" || c.ExtProcClientCA == "" || len(c.ExtProcClients) == 0) {
+		return errors.New("EXTPROC_TLS_CERT_FILE, EXTPROC_TLS_KEY_FILE, EXTPROC_TLS_CLIENT_CA_FILE and EXTPROC_TLS_ALLOWED_CLIENTS: set all four for mutual TLS on the ext_proc port")
+	}
+	if tlsSet && strings.HasPrefix(c.ListenAddr, "unix:") {
+		return errors.New("EXTPROC_TLS_*: a Unix socket (LISTEN_ADDR) takes no TLS; unset them, or listen on host:port")
+	}
+	if tlsSet || c.ExtProcByMesh || Local(c.ListenAddr) {
+		return nil
+	}
+	return fmt.Errorf("LISTEN_ADDR: %q answers ext_proc to anyone who can reach it, and whoever speaks ext_proc admits requests and names identities; "+
+		"listen on a Unix socket or 127.0.0.1 next to Envoy, set EXTPROC_TLS_* for mutual TLS, or EXTPROC_AUTHENTICATED_BY_MESH=true behind a mesh that authenticates its callers", c.ListenAddr)
+}
+
+// Local says whether addr (host:port or unix:/path) is reachable only from
+// this host (or pod).
+func Local(addr string) bool {
+	if strings.HasPrefix(addr, "unix:") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -17,7 +17,7 @@ func TestDefaultsAreTheSeeds(t *testing.T) {
 	}
 	if c.InternalAPIKey != "changeme-internal-key" || c.UpstreamBaseURL != "https://openrouter.ai/api" ||
 		c.RedisURL != "redis://redis:6379/0" || c.Limit != 5*billing.NanosPerUSD ||
-		c.ListenAddr != ":50051" || c.AdminAddr != ":9090" || c.Provider != provider.OpenRouter || c.IdentityMode != "shared" {
+		c.ListenAddr != "127.0.0.1:50051" || c.AdminAddr != ":9090" || c.Provider != provider.OpenRouter || c.IdentityMode != "shared" {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -90,5 +90,46 @@ func TestProvidersFile(t *testing.T) {
 	t.Setenv("PROVIDERS_FILE", bad)
 	if _, err := Load(""); err == nil || !strings.Contains(err.Error(), "PROVIDERS_FILE: "+bad+":3: unknown field \"formt\"") {
 		t.Fatalf("bad file: %v", err)
+	}
+}
+
+// The ext_proc port answers anyone who can reach it: beyond loopback or a
+// Unix socket it needs mutual TLS, or a mesh that authenticates callers.
+func TestExtProcListenerMustBeLocalOrAuthenticated(t *testing.T) {
+	for _, c := range []struct {
+		env  map[string]string
+		want string // "" accepted
+	}{
+		{map[string]string{}, ""},
+		{map[string]string{"LISTEN_ADDR": "unix:/run/aifirewall/extproc.sock"}, ""},
+		{map[string]string{"LISTEN_ADDR": "[::1]:50051"}, ""},
+		{map[string]string{"LISTEN_ADDR": "localhost:50051"}, ""},
+		{map[string]string{"LISTEN_ADDR": ":50051"}, "LISTEN_ADDR"},
+		{map[string]string{"LISTEN_ADDR": "0.0.0.0:50051"}, "LISTEN_ADDR"},
+		{map[string]string{"LISTEN_ADDR": "10.0.0.5:50051"}, "LISTEN_ADDR"},
+		{map[string]string{"LISTEN_ADDR": "0.0.0.0:50051", "EXTPROC_AUTHENTICATED_BY_MESH": "true"}, ""},
+		{map[string]string{"LISTEN_ADDR": "0.0.0.0:50051", "EXTPROC_TLS_CERT_FILE": "/c", "EXTPROC_TLS_KEY_FILE": "/k",
+			"EXTPROC_TLS_CLIENT_CA_FILE": "/ca", "EXTPROC_TLS_ALLOWED_CLIENTS": "spiffe://x/*,gw.test"}, ""},
+		{map[string]string{"LISTEN_ADDR": "0.0.0.0:50051", "EXTPROC_TLS_CERT_FILE": "/c", "EXTPROC_TLS_KEY_FILE": "/k",
+			"EXTPROC_TLS_CLIENT_CA_FILE": "/ca"}, "EXTPROC_TLS_ALLOWED_CLIENTS"},
+		{map[string]string{"LISTEN_ADDR": "unix:/s.sock", "EXTPROC_TLS_CERT_FILE": "/c", "EXTPROC_TLS_KEY_FILE": "/k",
+			"EXTPROC_TLS_CLIENT_CA_FILE": "/ca", "EXTPROC_TLS_ALLOWED_CLIENTS": "x"}, "Unix socket"},
+		{map[string]string{"ENVOY_EXTPROC_TLS_CERT_FILE": "/c"}, "ENVOY_EXTPROC_TLS_"},
+	} {
+		for k, v := range c.env {
+			t.Setenv(k, v)
+		}
+		cfg, err := Load("")
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v: %v", c.env, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%v: err = %v, want it to name %s", c.env, err, c.want)
+		case c.want == "" && c.env["EXTPROC_TLS_ALLOWED_CLIENTS"] != "" && len(cfg.ExtProcClients) != 2:
+			t.Errorf("allowed clients: %q", cfg.ExtProcClients)
+		}
+		for k := range c.env {
+			os.Unsetenv(k)
+		}
 	}
 }

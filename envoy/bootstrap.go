@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -19,13 +18,10 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -34,6 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"sigs.k8s.io/yaml"
 
+	"github.com/aifirewall/aifirewall/processor/provider"
 	"github.com/aifirewall/aifirewall/providers"
 )
 
@@ -46,6 +43,14 @@ type Options struct {
 	HealthAddr  string
 	ExtProcAddr string // where Envoy reaches the sidecar, e.g. "aifirewall:50051" or "unix:/run/aifirewall/extproc.sock"
 	UpstreamURL string // UPSTREAM_BASE_URL: the one provider, serving every path
+	// UpstreamKind is that provider's format (which header its key goes in);
+	// UpstreamKeyEnv the variable Envoy reads its key from (UPSTREAM_API_KEY),
+	// empty for an upstream that takes none (a local fake).
+	UpstreamKind   provider.Kind
+	UpstreamKeyEnv string
+	// SecretDir is where Envoy finds the SDS files of provider keys (see
+	// SecretFiles); they hold where each key is, never a key.
+	SecretDir string
 	// Providers, when set, replace UpstreamURL: the providers file's
 	// upstreams, each routed by host and/or path prefix.
 	Providers    []providers.Provider
@@ -59,6 +64,10 @@ type Options struct {
 	// it requires client certificates (mTLS) and passes the caller's URI
 	// SAN (its SPIFFE ID) to the sidecar.
 	TLS struct{ CertFile, KeyFile, ClientCAFile string }
+	// ExtProcTLS, when CertFile is set, connects to the sidecar over mutual
+	// TLS: Envoy's client certificate, the CA that signed the sidecar's, and
+	// the DNS name the sidecar's certificate must carry (its SNI too).
+	ExtProcTLS struct{ CertFile, KeyFile, CAFile, ServerName string }
 	// WithoutFirewall leaves the ext_proc filter out: a plain proxy, for
 	// benchmarks that measure what the sidecar adds.
 	WithoutFirewall bool
@@ -98,7 +107,7 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 		}
 		clusters = append(clusters, c)
 	}
-	epCluster, err := extProc(o.ExtProcAddr)
+	epCluster, err := extProc(o)
 	if err != nil {
 		return nil, err
 	}
@@ -126,44 +135,11 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 		listeners, clusters = append(listeners, lis), append(clusters, c)
 	}
 	return &bootstrapv3.Bootstrap{
+		// SDS (provider keys) needs a node to name.
+		Node:            &corev3.Node{Id: "aifirewall", Cluster: "aifirewall"},
 		Admin:           &bootstrapv3.Admin{Address: admin},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Listeners: listeners, Clusters: clusters},
 	}, nil
-}
-
-// ExtProcFilter is the firewall's ext_proc filter as every Envoy in front of
-// it must run it; the Istio EnvoyFilter (deploy/istio) is checked against it.
-func ExtProcFilter(o Options) *extprocv3.ExternalProcessor {
-	if o.MessageTimeout <= 0 {
-		o.MessageTimeout = defaultMessageTimeout
-	}
-	return &extprocv3.ExternalProcessor{
-		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: extProcCluster}}},
-		FailureModeAllow: false, // never forward a request the firewall did not see
-		ProcessingMode: &extprocv3.ProcessingMode{
-			RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
-			RequestBodyMode:     extprocv3.ProcessingMode_BUFFERED,
-			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
-			ResponseHeaderMode:  extprocv3.ProcessingMode_SEND,
-			ResponseBodyMode:    extprocv3.ProcessingMode_STREAMED,
-			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
-		},
-		AllowModeOverride: true,
-		// The sidecar sets the exact length when it rewrites a body, so
-		// providers get a Content-Length rather than a chunked body.
-		AllowContentLengthHeader: true,
-		MessageTimeout:           durationpb.New(o.MessageTimeout),
-		MaxMessageTimeout:        durationpb.New(3 * o.MessageTimeout),
-		StatusOnError:            &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
-		StatPrefix:               "aifirewall",
-		// The verified client certificate's URI SAN: a workload's SPIFFE ID.
-		RequestAttributes: []string{"connection.uri_san_peer_certificate"},
-		// Envoy keeps only the dynamic metadata namespaces listed here; the
-		// access log reads the sidecar's from "aifirewall".
-		MetadataOptions: &extprocv3.MetadataOptions{ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
-			Untyped: []string{"aifirewall"}}},
-	}
 }
 
 func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) {
@@ -179,13 +155,25 @@ func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) 
 		return nil, err
 	}
 	typed := func(m proto.Message) *anypb.Any { a, _ := anypb.New(m); return a }
-	filters := []*hcmv3.HttpFilter{
-		{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}},
-		{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})}},
+	var filters []*hcmv3.HttpFilter
+	if !o.WithoutFirewall {
+		filters = append(filters, &hcmv3.HttpFilter{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}})
 	}
-	if o.WithoutFirewall {
-		filters = filters[1:]
+	creds, names, err := credentialFilters(o, ups)
+	if err != nil {
+		return nil, err
 	}
+	if len(creds) > 0 && o.SecretDir == "" {
+		return nil, errNoSecretDir
+	}
+	for i, c := range creds {
+		// After ext_proc: the sidecar never sees the key it would remove.
+		filters = append(filters, &hcmv3.HttpFilter{Name: names[i], Disabled: true,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: c}})
+	}
+	filters = append(filters, &hcmv3.HttpFilter{Name: "envoy.filters.http.router",
+		// x-envoy-* headers would tell the provider about this proxy.
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{SuppressEnvoyHeaders: true})}})
 	return anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix:        "llm_ingress",
 		CodecType:         hcmv3.HttpConnectionManager_AUTO,
@@ -202,7 +190,10 @@ func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) 
 		MergeSlashes:                 true,
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
 		StripPortMode:                &hcmv3.HttpConnectionManager_StripAnyHostPort{StripAnyHostPort: true},
-		GenerateRequestId:            wrapperspb.Bool(true),
+		// "api.openai.com." is api.openai.com: it must reach the provider it
+		// names, not the catch-all route.
+		StripTrailingHostDot: true,
+		GenerateRequestId:    wrapperspb.Bool(true),
 		AccessLog: []*accesslogv3.AccessLog{{
 			Name:       "envoy.access_loggers.stdout",
 			ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: accessLog},
@@ -246,41 +237,6 @@ func upstream(o Options, p providers.Provider) (*clusterv3.Cluster, error) {
 		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
 			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsCtx}}
 	}
-	return c, nil
-}
-
-func extProc(address string) (*clusterv3.Cluster, error) {
-	var addr *corev3.Address
-	if path, ok := strings.CutPrefix(address, "unix:"); ok {
-		// A sidecar in the same pod or host: a Unix socket skips the
-		// loopback TCP stack on every ext_proc message.
-		addr = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}}
-	} else {
-		var err error
-		if addr, err = socketAddress(address, ""); err != nil {
-			return nil, fmt.Errorf("ext_proc address: %w", err)
-		}
-	}
-	c := staticOrDNS(extProcCluster, addr)
-	c.ConnectTimeout = durationpb.New(time.Second)
-	h2, err := anypb.New(&httpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
-		}},
-	})
-	if err != nil {
-		return nil, err
-	}
-	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2}
-	// Envoy asks the sidecar's gRPC health service; a draining sidecar
-	// answers NOT_SERVING and stops getting new requests.
-	c.HealthChecks = []*corev3.HealthCheck{{
-		Timeout:            durationpb.New(time.Second),
-		Interval:           durationpb.New(5 * time.Second),
-		UnhealthyThreshold: wrapperspb.UInt32(2),
-		HealthyThreshold:   wrapperspb.UInt32(1),
-		HealthChecker:      &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{}},
-	}}
 	return c, nil
 }
 

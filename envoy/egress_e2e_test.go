@@ -74,8 +74,8 @@ func startEgress(t *testing.T, policies string, env []string, eo envoy.Options) 
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env = append([]string{"TEST_OPENAI_KEY=" + egressKeys["openai"], "TEST_OPENROUTER_KEY=" + egressKeys["openrouter"]}, env...)
-	e.Stack = testenv.StartStack(t, testenv.StackOptions{ProvidersFile: file, Env: env, Envoy: eo})
+	keys := []string{"TEST_OPENAI_KEY=" + egressKeys["openai"], "TEST_OPENROUTER_KEY=" + egressKeys["openrouter"]}
+	e.Stack = testenv.StartStack(t, testenv.StackOptions{ProvidersFile: file, Env: env, EnvoyEnv: keys, Envoy: eo})
 	return e
 }
 

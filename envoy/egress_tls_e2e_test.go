@@ -46,7 +46,7 @@ func TestEgressTLSChecksTheProviderName(t *testing.T) {
   - {name: good, format: openai, base_url: "https://localhost:%[1]s", path_prefix: /good, api_key_env: TLS_KEY, ca_file: %[2]s}
   - {name: wrong-name, format: openai, base_url: "https://127.0.0.1:%[1]s", path_prefix: /wrong, api_key_env: TLS_KEY, ca_file: %[2]s}
 `, port, p.CAFile)), 0o600)
-	s := testenv.StartStack(t, testenv.StackOptions{ProvidersFile: file, Env: []string{"TLS_KEY=sk-tls"}})
+	s := testenv.StartStack(t, testenv.StackOptions{ProvidersFile: file, EnvoyEnv: []string{"TLS_KEY=sk-tls"}})
 
 	drain(t, post(t, s, "/good/v1/chat/completions", testenv.ClientKey, chatBody("gpt-4o-mini", true), with(usage, "x-user-id", "tls-user")), 200)
 	s.WaitSpent(t, today("tls-user"), 1000*miniIn+10*miniOut)

@@ -47,17 +47,20 @@ func loadTest(t testing.TB) {
 	}
 	// The upstream answers 20 words and keeps no record of what it got.
 	upstream := &fakellm.Server{NoRecord: true}
-	s := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream,
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, DirectExtProc: true,
 		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64"}})
-	plain := testenv.StartEnvoyWith(t, envoy.Options{UpstreamURL: s.UpstreamURL, ExtProcAddr: s.Sidecar.GRPCAddr, WithoutFirewall: true})
+	// (b) and (e) put the provider's key on as (c) does: only ext_proc differs.
+	key := "UPSTREAM_API_KEY=" + testenv.UpstreamKey
+	plain := testenv.StartEnvoyWith(t, envoy.Options{UpstreamURL: s.UpstreamURL, ExtProcAddr: s.Sidecar.GRPCAddr, WithoutFirewall: true,
+		UpstreamKeyEnv: "UPSTREAM_API_KEY"}, key)
 	direct := httptest.NewServer(upstream)
 	defer direct.Close()
-	uds := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, UnixSocket: true,
+	uds := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, DirectExtProc: true, UnixSocket: true,
 		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64"}})
 	// The same filter against a server that changes nothing: the ext_proc
 	// protocol's own cost, the floor under (c).
 	pass := testenv.StartPassthrough(t)
-	floor := testenv.StartEnvoyWith(t, envoy.Options{UpstreamURL: s.UpstreamURL, ExtProcAddr: pass.Addr})
+	floor := testenv.StartEnvoyWith(t, envoy.Options{UpstreamURL: s.UpstreamURL, ExtProcAddr: pass.Addr, UpstreamKeyEnv: "UPSTREAM_API_KEY"}, key)
 
 	type target struct {
 		name string

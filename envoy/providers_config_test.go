@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -21,15 +22,36 @@ import (
 
 // `aifirewall envoy-config` with the README's providers file: a cluster
 // per provider with TLS to its own name, host and prefix routes that tell
-// the sidecar their provider, and a configuration Envoy accepts. It needs
-// no provider key: an init container that writes it holds none.
+// the sidecar their provider, each provider's key put on by Envoy on that
+// provider's routes only (after ext_proc), and a configuration Envoy
+// accepts. The keys are checked where Envoy runs, and never written.
 func TestProvidersFileEnvoyConfig(t *testing.T) {
 	root := testinfra.RepoRoot(t)
-	out := filepath.Join(t.TempDir(), "envoy.yaml")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "envoy.yaml")
+	example, err := os.ReadFile(filepath.Join(root, "deploy/providers.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The Secret mounted as the example says, elsewhere.
+	keyFile := filepath.Join(t.TempDir(), "anthropic-api-key")
+	os.WriteFile(keyFile, []byte("sk-ant-example\n"), 0o600)
+	provs := filepath.Join(t.TempDir(), "providers.yaml")
+	os.WriteFile(provs, []byte(strings.Replace(string(example), "/var/run/secrets/aifirewall/anthropic-api-key", keyFile, 1)), 0o600)
+	keys := []string{"OPENAI_API_KEY=sk-openai-example", "OPENROUTER_API_KEY=sk-or-example"}
 	cmd := exec.Command(testenv.SidecarBinary(t), "envoy-config", "-o", out)
-	cmd.Env = []string{"ENV_FILE=/nonexistent", "PROVIDERS_FILE=" + filepath.Join(root, "deploy/providers.example.yaml")}
+	cmd.Env = append([]string{"ENV_FILE=/nonexistent", "PROVIDERS_FILE=" + provs}, keys...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("envoy-config: %v\n%s", err, b)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		for _, k := range []string{"sk-openai-example", "sk-or-example", "sk-ant-example"} {
+			if strings.Contains(string(b), k) {
+				t.Errorf("%s holds a provider key", f)
+			}
+		}
 	}
 	raw, _ := os.ReadFile(out)
 	js, err := yaml.YAMLToJSON(raw)
@@ -65,6 +87,18 @@ func TestProvidersFileEnvoyConfig(t *testing.T) {
 	if err := b.GetStaticResources().GetListeners()[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
 		t.Fatal(err)
 	}
+	// ext_proc first, the key injectors (off unless a route enables one)
+	// after it, the router last: the sidecar never sees a provider key.
+	var order []string
+	for _, f := range hcm.GetHttpFilters() {
+		if strings.HasPrefix(f.GetName(), "aifirewall.credential.") && !f.GetDisabled() {
+			t.Errorf("%s is enabled on every route", f.GetName())
+		}
+		order = append(order, f.GetName())
+	}
+	if got := strings.Join(order, " "); got != "envoy.filters.http.ext_proc aifirewall.credential.openai aifirewall.credential.anthropic aifirewall.credential.openrouter envoy.filters.http.router" {
+		t.Errorf("filters: %s", got)
+	}
 	if !hcm.GetNormalizePath().GetValue() || !hcm.GetMergeSlashes() || hcm.GetPathWithEscapedSlashesAction() != hcmv3.HttpConnectionManager_REJECT_REQUEST {
 		t.Fatal("paths must be normalised and encoded slashes refused before routing")
 	}
@@ -77,6 +111,16 @@ func TestProvidersFileEnvoyConfig(t *testing.T) {
 			var per extprocv3.ExtProcPerRoute
 			if err := r.GetTypedPerFilterConfig()["envoy.filters.http.ext_proc"].UnmarshalTo(&per); err != nil {
 				t.Fatalf("route %s carries no ext_proc metadata: %v", r.GetName(), err)
+			}
+			// Exactly its own provider's key injector is enabled here.
+			var enabled []string
+			for name := range r.GetTypedPerFilterConfig() {
+				if strings.HasPrefix(name, "aifirewall.credential.") {
+					enabled = append(enabled, name)
+				}
+			}
+			if want := "aifirewall.credential." + strings.TrimPrefix(r.GetRoute().GetCluster(), "provider_"); len(enabled) != 1 || enabled[0] != want {
+				t.Errorf("route %s enables key injectors %v, want [%s]", r.GetName(), enabled, want)
 			}
 			md := map[string]string{}
 			for _, h := range per.GetOverrides().GetGrpcInitialMetadata() {
@@ -103,7 +147,9 @@ func TestProvidersFileEnvoyConfig(t *testing.T) {
 	if p := last[len(last)-1].GetMatch().GetPrefix(); p != "/" {
 		t.Fatalf("last route matches %q", p)
 	}
-	if b, err := exec.Command(testenv.EnvoyBinary(t), "--mode", "validate", "-c", out, "--disable-hot-restart").CombinedOutput(); err != nil {
+	validate := exec.Command(testenv.EnvoyBinary(t), "--mode", "validate", "-c", out, "--disable-hot-restart")
+	validate.Env = append(os.Environ(), keys...)
+	if b, err := validate.CombinedOutput(); err != nil {
 		t.Fatalf("envoy rejects the providers configuration: %v\n%s", err, b)
 	}
 }

@@ -35,9 +35,10 @@ func providerList(o Options) ([]providers.Provider, error) {
 	}
 	up, err := url.Parse(o.UpstreamURL)
 	if err != nil || up.Host == "" || (up.Scheme != "http" && up.Scheme != "https") {
-		return nil, fmt.Errorf("UPSTREAM_BASE_URL %q must be an http:// or https:// URL", o.UpstreamURL)
+		return nil, fmt.Errorf("UPSTREAM_BASE_URL %q must be an http:// or https:// URL", providers.Redact(o.UpstreamURL))
 	}
-	return []providers.Provider{{Name: providers.ShorthandName, URL: up, PathPrefix: "/"}}, nil
+	return []providers.Provider{{Name: providers.ShorthandName, URL: up, PathPrefix: "/",
+		Kind: o.UpstreamKind, APIKeyEnv: o.UpstreamKeyEnv}}, nil
 }
 
 func clusterName(p providers.Provider) string { return "provider_" + p.Name }
@@ -122,11 +123,23 @@ func forward(p providers.Provider, match, strip string) (*routev3.Route, error) 
 	if err != nil {
 		return nil, err
 	}
+	filters := map[string]*anypb.Any{extProcFilter: per}
+	if hasKey(p) {
+		// This route, and only this provider's routes, carry its key.
+		// An empty Any: Envoy refuses a FilterConfig with no config at all.
+		if filters[credentialFilter(p)], err = anypb.New(&routev3.FilterConfig{Config: &anypb.Any{}}); err != nil {
+			return nil, err
+		}
+	}
 	return &routev3.Route{
 		Name:                 "provider_" + p.Name,
 		Match:                &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: match}},
 		Action:               &routev3.Route_Route{Route: action},
-		TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: per},
+		TypedPerFilterConfig: filters,
+		// What the firewall reads to decide stays here: a provider learns
+		// nothing of the organisation's users or addresses from us (the
+		// sidecar also removes x-user-id and every x-aifirewall-* header).
+		RequestHeadersToRemove: []string{"x-user-id", "x-forwarded-client-cert", "x-forwarded-for", "x-envoy-external-address"},
 	}, nil
 }
 

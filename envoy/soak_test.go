@@ -34,6 +34,17 @@ func soakSettings(t *testing.T) (int, time.Duration) {
 // sidecarGauge reads one unlabelled series from the sidecar's /metrics.
 func sidecarGauge(t *testing.T, s *testenv.Stack, name string) float64 {
 	t.Helper()
+	v, ok := sidecarMetric(t, s, name)
+	if !ok {
+		t.Fatalf("%s not in /metrics", name)
+	}
+	return v
+}
+
+// sidecarMetric reads one series (its name and labels as /metrics writes
+// them) from the sidecar's /metrics, and whether it is there.
+func sidecarMetric(t *testing.T, s *testenv.Stack, series string) (float64, bool) {
+	t.Helper()
 	resp, err := http.Get("http://" + s.Sidecar.AdminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -41,13 +52,12 @@ func sidecarGauge(t *testing.T, s *testenv.Stack, name string) float64 {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
-			return f
+			return f, true
 		}
 	}
-	t.Fatalf("%s not in /metrics", name)
-	return 0
+	return 0, false
 }
 
 // TestSoak: concurrent streaming clients through Envoy and the sidecar to

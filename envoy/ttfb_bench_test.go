@@ -19,7 +19,7 @@ import (
 // to the same fake upstream. It reports p50 and p99 of each and the ratio
 // of the medians.
 func BenchmarkTimeToFirstByte(b *testing.B) {
-	s := testenv.StartStack(b, testenv.StackOptions{Env: []string{"LOG_LEVEL=info"}}) // as in production
+	s := testenv.StartStack(b, testenv.StackOptions{DirectExtProc: true, Env: []string{"LOG_LEVEL=info"}}) // as in production
 	up := httptest.NewServer(&fakellm.Server{})
 	b.Cleanup(up.Close)
 	plain := testenv.StartEnvoyWith(b, envoy.Options{UpstreamURL: up.URL, ExtProcAddr: s.Sidecar.GRPCAddr, WithoutFirewall: true})

@@ -6,14 +6,16 @@ import (
 )
 
 // estimateCost is what the request may cost at most: its prompt and its
-// output limit (or the default) for each of its n completions.
+// output limit (or the default) for each of its n completions, at the
+// dearest model it lets the provider run.
 func (r *request) estimateCost(req *provider.Request) billing.Nanos {
 	out := req.MaxOutput
 	if out == 0 {
 		out = r.s.cfg.DefaultOutputTokens
 	}
 	out = min(out, provider.MaxUsageTokens) * max(req.N, 1)
-	return min(r.prices().For(req.Model).Cost(billing.Usage{Input: req.PromptTokens, Output: out}), billing.MaxCharge)
+	u := billing.Usage{Input: req.PromptTokens, Output: out}
+	return min(r.dearestPrice(req, u).Cost(u), billing.MaxCharge)
 }
 
 // price meters the response and prices it.

@@ -1,11 +1,13 @@
 package processor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	grpcmd "google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/identity"
@@ -220,20 +223,35 @@ func TestBilledEndpointWithoutBodyIsRefused(t *testing.T) {
 	}
 }
 
-func TestCredentialSwap(t *testing.T) {
-	h := newHarness(t, nil)
-	x := h.open(t)
-	mut := x.requestHeaders(authed()...).GetRequestHeaders().GetResponse().GetHeaderMutation()
-	removed := strings.Join(mut.GetRemoveHeaders(), ",")
-	if !strings.Contains(removed, "authorization") || !strings.Contains(removed, "x-api-key") {
-		t.Fatalf("removed = %s", removed)
-	}
-	set := map[string]string{}
-	for _, o := range mut.GetSetHeaders() {
-		set[o.GetHeader().GetKey()] = string(o.GetHeader().GetRawValue())
-	}
-	if set["authorization"] != "Bearer up" || set["accept-encoding"] != "identity" {
-		t.Fatalf("set = %v", set)
+// What leaves for the provider: the client's credential, the headers the
+// firewall consumes and every x-aifirewall-* look-alike removed, and no
+// provider key in the reply (Envoy puts it on). With SendKeys, the one
+// deployment without a proxy to do it gets the key in the reply.
+func TestForwardedHeaders(t *testing.T) {
+	for _, sendKeys := range []bool{false, true} {
+		h := newHarnessWith(t, nil, Config{Auth: identity.NewSharedKey("k"), Upstream: provider.OpenAI, UpstreamKey: "up-secret",
+			DailyLimit: billing.NanosPerUSD, SendKeys: sendKeys})
+		x := h.open(t)
+		resp := x.requestHeaders(authed("x-api-key", "k", "x-user-id", "u", "x-forwarded-client-cert", "By=spiffe://x",
+			"x-aifirewall-provider", "other", "x-aifirewall-anything", "1")...)
+		mut := resp.GetRequestHeaders().GetResponse().GetHeaderMutation()
+		removed := mut.GetRemoveHeaders()
+		for _, h := range []string{"authorization", "x-api-key", "x-user-id", "x-forwarded-client-cert", "x-aifirewall-provider", "x-aifirewall-anything"} {
+			if !slices.Contains(removed, h) {
+				t.Errorf("send keys %v: %s is forwarded (removed: %v)", sendKeys, h, removed)
+			}
+		}
+		set := map[string]string{}
+		for _, o := range mut.GetSetHeaders() {
+			set[o.GetHeader().GetKey()] = string(o.GetHeader().GetRawValue())
+		}
+		if set["accept-encoding"] != "identity" {
+			t.Errorf("set = %v", set)
+		}
+		raw, _ := proto.Marshal(resp)
+		if got := bytes.Contains(raw, []byte("up-secret")); got != sendKeys || (sendKeys && set["authorization"] != "Bearer up-secret") {
+			t.Errorf("send keys %v: the reply carries the key: %v (set %v)", sendKeys, got, set)
+		}
 	}
 }
 

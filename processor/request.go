@@ -94,10 +94,18 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 	}
 	r.log = r.s.log.With("request_id", r.id)
 	method, path := headerValue(hm, ":method"), headerValue(hm, ":path")
+	if method == "CONNECT" {
+		// No LLM API tunnels; such a request matches no provider's route.
+		return r.deny(decisionNotFound, &apiError{status: 405, Type: "invalid_request_error", Code: "method_not_allowed",
+			Message: "CONNECT is not served by this gateway: send the API request itself (e.g. POST /v1/chat/completions) over plain HTTP to the gateway"})
+	}
 	up, path, e := r.pickUpstream(ctx, path, attribute(attrs, "xds.route_name"))
 	if e != nil {
-		r.log.Error("request not routable to a provider", "reason", e.Message)
-		return r.deny(decisionMisrouted, e)
+		if e.status >= 500 {
+			r.log.Error("request not routable to a provider", "reason", e.Message)
+			return r.deny(decisionMisrouted, e)
+		}
+		return r.deny(decisionNotFound, e)
 	}
 	r.up = up
 	r.log = r.log.With("provider", up.Name)
@@ -132,27 +140,18 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 		return r.deny(decisionBadRequest, invalidRequest("", "the request has no body; send the JSON request body"))
 	}
 	if route.Endpoint == nil {
-		// No body (and no model) will come: the provider is all to check.
+		// No body (and no model) will come: the caller and the provider
+		// are all to check, by the same rules as a POST.
+		if r.caller.User != "" && r.headerUser != "" && r.headerUser != r.caller.User {
+			return r.deny(decisionForbidden, userOverride())
+		}
 		who := firstNonEmpty(r.caller.User, r.headerUser, "default")
 		if d := r.s.cfg.Policy.Allow(who, up.Name, ""); d != nil {
 			return r.deny(decisionForbidden, forbidden(d))
 		}
 	}
-
-	// The client's credential never reaches the provider: drop it and
-	// present the upstream's. Identity encoding keeps the body readable.
-	mut := &extprocv3.HeaderMutation{RemoveHeaders: []string{"authorization", "x-api-key"}}
-	for k, v := range up.Kind.AuthHeaders(up.Key()) {
-		mut.SetHeaders = append(mut.SetHeaders, header(k, v))
-	}
-	for k, v := range up.Kind.DefaultHeaders() {
-		if headerValue(hm, k) == "" {
-			mut.SetHeaders = append(mut.SetHeaders, header(k, v))
-		}
-	}
-	mut.SetHeaders = append(mut.SetHeaders, header("accept-encoding", "identity"))
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
-		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: mut}},
+		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: r.forwardHeaders(hm)}},
 	}}
 }
 
@@ -176,7 +175,15 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	// The egress policy, before anything is reserved or forwarded.
 	if d := r.s.cfg.Policy.Allow(r.user, r.up.Name, req.Model); d != nil {
 		r.log.Info("refused by the egress policy", "reason", d.Msg)
-		return r.deny(decisionForbidden, forbidden(d))
+		e := forbidden(d)
+		if d.Model {
+			e.Param = &modelParam
+		}
+		return r.deny(decisionForbidden, e)
+	}
+	if e := r.checkChoices(req); e != nil {
+		r.log.Info("refused by the egress policy", "reason", e.Message)
+		return r.deny(decisionForbidden, e)
 	}
 
 	// Reserve the estimated cost atomically with the budget check, so that

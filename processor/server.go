@@ -28,7 +28,11 @@ type Config struct {
 	// request goes to. Empty: Upstream and UpstreamKey are the only one.
 	Upstreams   map[string]*Upstream
 	Upstream    provider.Kind // the one provider's format
-	UpstreamKey string        // the credential sent to it instead of the client's
+	UpstreamKey string        // its credential, with SendKeys
+	// SendKeys puts provider keys in the ext_proc reply. Off, the sidecar
+	// holds none and Envoy's credential injector adds them; on only where
+	// no proxy in the path can (Istio's every-sidecar variant).
+	SendKeys bool
 	// Policy says which identities may call which providers and models;
 	// nil allows everything.
 	Policy       *providers.Policies

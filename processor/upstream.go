@@ -21,7 +21,7 @@ type Upstream struct {
 	// the API path.
 	PathPrefix string
 	// Key returns the credential sent upstream, read per request so that
-	// a rotated Secret applies at once.
+	// a rotated Secret applies at once; used only with Config.SendKeys.
 	Key func() string
 	// Prices is the provider's own price table; nil: the server's.
 	Prices *billing.Prices
@@ -59,8 +59,15 @@ func (r *request) pickUpstream(ctx context.Context, path, routeName string) (*Up
 		for _, u := range r.s.upstreams {
 			up = u
 		}
+	case len(names) == 0 && routeName != "":
+		return nil, "", misrouted(fmt.Sprintf("route %q names no provider the firewall knows", routeName))
 	case len(names) == 0:
-		return nil, "", misrouted("the route names no provider")
+		// Every route of the generated configuration that forwards names
+		// its provider: a stream naming none is a request Envoy matched to
+		// no route (a CONNECT, an absolute URI to another host). Clients
+		// can send those at will, so this is not the operator's alarm.
+		return nil, "", &apiError{status: 404, Type: "invalid_request_error", Code: "unknown_url",
+			Message: "no LLM provider is routed for this request's host and path on this gateway; send it to a provider's host or path prefix (e.g. /v1/chat/completions)"}
 	default:
 		if up = r.s.upstreams[names[0]]; up == nil {
 			return nil, "", misrouted(fmt.Sprintf("the route names provider %q, which the firewall does not know", names[0]))

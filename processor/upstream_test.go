@@ -27,6 +27,7 @@ policies:
 		t.Fatal(err)
 	}
 	return newHarnessWith(t, nil, Config{Auth: identity.NewSharedKey("k"), DailyLimit: billing.NanosPerUSD, Policy: f.PolicySet(),
+		SendKeys: true, // which key goes out shows which provider was picked
 		Upstreams: map[string]*Upstream{
 			"a": {Name: "a", Kind: provider.OpenAI, PathPrefix: "/a", Key: func() string { return "key-a" }},
 			"b": {Name: "b", Kind: provider.Anthropic, Key: func() string { return "key-b" }},
@@ -69,7 +70,6 @@ func TestMisroutedRequestsAreRefused(t *testing.T) {
 		md   grpcmd.MD
 		path string
 	}{
-		{"no provider named", nil, "/v1/chat/completions"},
 		{"unknown provider", grpcmd.Pairs(providers.MetadataProvider, "zzz"), "/v1/chat/completions"},
 		{"two providers", grpcmd.Pairs(providers.MetadataProvider, "a", providers.MetadataProvider, "b"), "/v1/chat/completions"},
 		{"prefix of another provider", grpcmd.Pairs(providers.MetadataProvider, "b", providers.MetadataPathPrefix, "/a"), "/a/v1/messages"},
@@ -80,6 +80,29 @@ func TestMisroutedRequestsAreRefused(t *testing.T) {
 			"content-type", "application/json"))
 		if st != 500 || !strings.Contains(body, "gateway_misconfigured") || strings.Contains(body, "key-") {
 			t.Errorf("%s: %d %s", c.name, st, body)
+		}
+		redactionSafe(t, body)
+	}
+}
+
+// A request Envoy routed nowhere (no provider named: a CONNECT, a host and
+// path no route takes) is the client's doing, not a misconfiguration: 404
+// or 405, never the operator's 500 alarm.
+func TestUnroutedRequestsAreNotFound(t *testing.T) {
+	h := twoProviders(t)
+	for _, c := range []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"POST", "/v1/chat/completions", 404, "unknown_url"},
+		{"CONNECT", "", 405, "method_not_allowed"},
+		{"CONNECT", "api.openai.com:443", 405, "method_not_allowed"},
+	} {
+		x := h.open(t)
+		st, body := immediateStatus(x.requestHeaders(":method", c.method, ":path", c.path, ":authority", "api.openai.com:443"))
+		if st != c.status || !strings.Contains(body, `"code":"`+c.code+`"`) {
+			t.Errorf("%s %s: %d %s", c.method, c.path, st, body)
 		}
 		redactionSafe(t, body)
 	}

@@ -53,17 +53,36 @@ func (c *Credential) Reload() (bool, error) {
 		return false, fmt.Errorf("api_key_file: %w", err)
 	}
 	c.mu.RLock()
-	same := bytes.Equal(raw, c.raw)
+	// A key was read before (raw is nil until then): an unchanged file
+	// needs no new check. An empty first read must not pass as unchanged.
+	same := c.raw != nil && bytes.Equal(raw, c.raw)
 	c.mu.RUnlock()
 	if same {
 		return false, nil
 	}
-	key := strings.TrimSpace(string(raw))
-	if key == "" || strings.ContainsAny(key, "\r\n") {
-		return false, fmt.Errorf("api_key_file %s: want one key on one line", c.file)
+	key, err := parseKey(c.file, raw)
+	if err != nil {
+		return false, err
 	}
 	c.mu.Lock()
 	c.key, c.raw = key, raw
 	c.mu.Unlock()
 	return true, nil
+}
+
+// ReadKeyFile reads a provider key file: one key on one line.
+func ReadKeyFile(path string) (string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("api_key_file: %w", err)
+	}
+	return parseKey(path, raw)
+}
+
+func parseKey(path string, raw []byte) (string, error) {
+	key := strings.TrimSpace(string(raw))
+	if key == "" || strings.ContainsAny(key, "\r\n") {
+		return "", fmt.Errorf("api_key_file %s: want one key on one line (the file is empty or holds several lines)", path)
+	}
+	return key, nil
 }

@@ -38,7 +38,9 @@ type Provider struct {
 	Hosts      []string `yaml:"hosts"`
 	PathPrefix string   `yaml:"path_prefix"`
 	// The credential sent upstream, from the environment or a file (a
-	// mounted Secret); never written in this file.
+	// mounted Secret), which Envoy reads; never written in this file.
+	// Neither: the proxy in front (an Envoy Gateway or Istio egress
+	// gateway holding the key itself) or a provider that takes none.
 	APIKeyEnv  string `yaml:"api_key_env"`
 	APIKeyFile string `yaml:"api_key_file"`
 	// CAFile verifies an https upstream (default: the system bundle).
@@ -164,7 +166,7 @@ func (p *Provider) check(at string, fail failer) error {
 	}
 	u, err := url.Parse(p.BaseURL)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return fail(at+".base_url", "%q must be an http:// or https:// URL without credentials, query or fragment", p.BaseURL)
+		return fail(at+".base_url", "%q must be an http:// or https:// URL without credentials, query or fragment", Redact(p.BaseURL))
 	}
 	p.URL = u
 	if len(p.Hosts) == 0 && p.PathPrefix == "" {
@@ -180,8 +182,8 @@ func (p *Provider) check(at string, fail failer) error {
 			return fail(at+".path_prefix", "%q must be / or /segment[/segment...] without a trailing slash, dot segments or escapes", p.PathPrefix)
 		}
 	}
-	if (p.APIKeyEnv == "") == (p.APIKeyFile == "") {
-		return fail(at, "set exactly one of api_key_env and api_key_file for %q (its credential is never written in this file)", p.Name)
+	if p.APIKeyEnv != "" && p.APIKeyFile != "" {
+		return fail(at, "set one of api_key_env and api_key_file for %q, not both (its credential is never written in this file)", p.Name)
 	}
 	if p.CAFile != "" && u.Scheme != "https" {
 		return fail(at+".ca_file", "only an https:// base_url is verified with a CA file")

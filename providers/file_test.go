@@ -2,6 +2,7 @@ package providers
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -47,8 +48,8 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 		{"url credentials", strings.Replace(minimal, "https://api.openai.com", "https://u:p@api.openai.com", 1), `p.yaml:4: providers[0].base_url:`},
 		{"host with port", strings.Replace(minimal, "[api.openai.com]", "[api.openai.com, \"api.openai.com:443\"]", 1), `p.yaml:5: providers[0].hosts[1]:`},
 		{"no route", strings.Replace(minimal, "    hosts: [api.openai.com]\n", "", 1), `p.yaml:2: providers[0]: give hosts, a path_prefix, or both`},
-		{"key in neither", strings.Replace(minimal, "    api_key_env: OPENAI_API_KEY\n", "", 1), `p.yaml:2: providers[0]: set exactly one of api_key_env and api_key_file`},
-		{"key in both", minimal + "    api_key_file: /k\n", `set exactly one`},
+		{"key in both", minimal + "    api_key_file: /k\n", `p.yaml:2: providers[0]: set one of api_key_env and api_key_file for "openai", not both`},
+		{"credentials in the URL are not printed", strings.Replace(minimal, "https://api.openai.com", "https://user:hunter2@api.openai.com/v1?key=sk-leak", 1), `"https://redacted@api.openai.com/v1?key=redacted" must be`},
 		{"dot segment", minimal + "    path_prefix: /a/../b\n", `p.yaml:7: providers[0].path_prefix:`},
 		{"trailing slash", minimal + "    path_prefix: /openai/\n", `providers[0].path_prefix:`},
 		{"escape", minimal + "    path_prefix: /open%61i\n", `providers[0].path_prefix:`},
@@ -67,7 +68,8 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Parse("p.yaml", []byte(c.yaml))
-			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "sk-do-not-echo") {
+			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "sk-do-not-echo") ||
+				strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "sk-leak") {
 				t.Fatalf("err = %v, want it to contain %q", err, c.want)
 			}
 		})
@@ -95,5 +97,40 @@ func TestProviderPricesOverTheSharedTable(t *testing.T) {
 	}
 	if a, _ := own.Lookup("gpt-4o"); a != func() billing.Price { p, _ := base.Lookup("gpt-4o"); return p }() {
 		t.Fatal("a model without its own price must keep the shared one")
+	}
+}
+
+// A key file that is empty at start is refused, as a missing one is: Envoy
+// (or the sidecar) would otherwise send requests with an empty key.
+func TestEmptyKeyFileIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{"empty": "", "blank": " \n", "two lines": "a\nb\n"} {
+		f := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
+		os.WriteFile(f, []byte(content), 0o600)
+		if _, err := ReadKeyFile(f); err == nil {
+			t.Errorf("%s: ReadKeyFile accepted it", name)
+		}
+		p := Provider{Name: "x", APIKeyFile: f}
+		if _, err := p.Credential(); err == nil {
+			t.Errorf("%s: Credential accepted it", name)
+		}
+	}
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("sk-1\n"), 0o600)
+	if k, err := ReadKeyFile(good); err != nil || k != "sk-1" {
+		t.Errorf("a good key file: %q %v", k, err)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://api.openai.com/v1":                 "https://api.openai.com/v1",
+		"https://u:secret@api.openai.com/v1?key=sk": "https://redacted@api.openai.com/v1?key=redacted",
+		"https://api.openai.com/?a=1&b=sk-x#frag":   "https://api.openai.com/?a=redacted&b=redacted",
+		"http://[::1]:80%zz@x?k=sk":                 "http://[::1]:80%zz…(redacted)",
+	} {
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

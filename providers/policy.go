@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/aifirewall/aifirewall/internal/glob"
 )
 
 // Policy lets identities call providers and models. An identity named by
@@ -71,6 +73,34 @@ func (p *Policies) Allow(identity, prov, model string) *Denied {
 		identity, model, prov, strings.Join(models, ", "))}
 }
 
+// AllowAnyModel says whether identity may have provider pick any model
+// (OpenRouter's auto router, a preset): only when its policies let it use
+// every model there.
+func (p *Policies) AllowAnyModel(identity, prov, field string) *Denied {
+	if p == nil {
+		return nil
+	}
+	rules := p.rulesFor(identity)
+	if rules == nil {
+		return nil
+	}
+	var models []string
+	for _, r := range rules {
+		if !r.allowsProvider(prov) {
+			continue
+		}
+		if r.Models == nil || slices.Contains(*r.Models, "*") {
+			return nil
+		}
+		models = append(models, *r.Models...)
+	}
+	if models == nil {
+		return p.Allow(identity, prov, "")
+	}
+	return &Denied{Model: true, Msg: fmt.Sprintf("'%s' lets provider %q choose the model, and %s may use only %s there; name one of those models instead. Ask your gateway operator if you need more.",
+		field, prov, identity, strings.Join(models, ", "))}
+}
+
 // rulesFor returns the policies naming identity, else the "*" ones, else
 // nil (no policy: everything allowed).
 func (p *Policies) rulesFor(identity string) []Policy {
@@ -81,7 +111,7 @@ func (p *Policies) rulesFor(identity string) []Policy {
 				star = append(star, r)
 				break
 			}
-			if glob(id, identity) {
+			if glob.Match(id, identity) {
 				named = append(named, r)
 				break
 			}
@@ -102,7 +132,7 @@ func (r Policy) allowsModel(model string) bool {
 		return true
 	}
 	for _, m := range *r.Models {
-		if glob(m, model) {
+		if glob.Match(m, model) {
 			return true
 		}
 	}
@@ -129,29 +159,6 @@ func describe(rules []Policy) string {
 		return "it may call no provider"
 	}
 	return "it may call " + strings.Join(parts, "; ")
-}
-
-// glob matches s against pattern, where "*" matches any run of
-// characters (slashes included). Linear in len(s) for one star; patterns
-// come from the operator and are short.
-func glob(pattern, s string) bool {
-	parts := strings.Split(pattern, "*")
-	if len(parts) == 1 {
-		return pattern == s
-	}
-	if !strings.HasPrefix(s, parts[0]) {
-		return false
-	}
-	s = s[len(parts[0]):]
-	last := parts[len(parts)-1]
-	for _, mid := range parts[1 : len(parts)-1] {
-		i := strings.Index(s, mid)
-		if i < 0 {
-			return false
-		}
-		s = s[i+len(mid):]
-	}
-	return len(s) >= len(last) && strings.HasSuffix(s, last)
 }
 
 func checkPolicies(list []Policy, providers map[string]bool, fail failer) error {

@@ -2,7 +2,8 @@
 # Runs the whole path on this machine without Docker:
 #   demo: a fake LLM upstream, no API key needed
 #   run:  the real upstream of .env (UPSTREAM_BASE_URL, UPSTREAM_API_KEY)
-# Envoy listens on :8000, the sidecar on :50051 (admin :9090). The budget
+# Envoy listens on :8000 and holds the provider key, the sidecar on
+# 127.0.0.1:50051 (admin :9090). The budget
 # store is Redis at REDIS_URL when it answers, else an in-memory one.
 set -euo pipefail
 mode="${1:-demo}"
@@ -42,7 +43,10 @@ fi
 bin/aifirewall envoy-config -o .tmp/envoy.yaml
 bin/aifirewall & pids+=($!)
 for _ in $(seq 1 100); do curl -fsS "http://$ADMIN_ADDR/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-"$envoy_bin" -c .tmp/envoy.yaml --disable-hot-restart -l warning & pids+=($!)
+# Envoy reads the provider key (UPSTREAM_API_KEY, a providers file's
+# api_key_env variables) from its environment: give it .env's.
+(if [ "$mode" = run ]; then set -a; . ./.env; set +a; fi
+ exec "$envoy_bin" -c .tmp/envoy.yaml --disable-hot-restart -l warning) & pids+=($!)
 for _ in $(seq 1 100); do curl -fsS "http://$ENVOY_ADMIN_ADDR/ready" >/dev/null 2>&1 && break; sleep 0.1; done
 cat <<MSG
 

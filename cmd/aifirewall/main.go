@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	_ "time/tzdata" // BUDGET_TIMEZONE works in a minimal image with no zone files
@@ -89,20 +90,49 @@ func envoyConfig(cfg *config.Config, args []string) error {
 	fs := flag.NewFlagSet("envoy-config", flag.ContinueOnError)
 	out := fs.String("o", "-", "file to write, - for standard output")
 	ca := fs.String("ca-file", "", "CA bundle to verify an https upstream (default: the system bundle)")
+	sds := fs.String("sds-dir", "", "directory for the SDS files through which Envoy reads provider keys (default: the directory of -o)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *sds == "" && *out != "-" {
+		*sds = filepath.Dir(*out)
+	}
 	o := envoy.Options{
 		ListenAddr: cfg.EnvoyListenAddr, AdminAddr: cfg.EnvoyAdminAddr, HealthAddr: cfg.EnvoyHealthAddr, ExtProcAddr: cfg.ExtProcAddr,
-		UpstreamURL: cfg.UpstreamBaseURL, MaxBodyBytes: cfg.MaxBodyBytes, CACertFile: *ca,
+		UpstreamURL: cfg.UpstreamBaseURL, UpstreamKind: cfg.Provider, MaxBodyBytes: cfg.MaxBodyBytes, CACertFile: *ca,
+		SecretDir: *sds,
 	}
 	if cfg.Providers != nil {
 		o.Providers = cfg.Providers.Providers
+		for _, p := range o.Providers {
+			if p.APIKeyEnv == "" && p.APIKeyFile == "" {
+				fmt.Fprintf(os.Stderr, "aifirewall envoy-config: provider %s has no api_key_env or api_key_file; Envoy will present no key to it\n", p.Name)
+			}
+		}
+	} else if cfg.UpstreamAPIKey != "" {
+		o.UpstreamKeyEnv = "UPSTREAM_API_KEY"
+	} else {
+		fmt.Fprintln(os.Stderr, "aifirewall envoy-config: UPSTREAM_API_KEY is empty; Envoy will present no key to the upstream")
 	}
 	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = cfg.EnvoyTLSCert, cfg.EnvoyTLSKey, cfg.EnvoyClientCA
+	o.ExtProcTLS.CertFile, o.ExtProcTLS.KeyFile = cfg.EnvoyExtProcCert, cfg.EnvoyExtProcKey
+	o.ExtProcTLS.CAFile, o.ExtProcTLS.ServerName = cfg.EnvoyExtProcCA, cfg.EnvoyExtProcServer
+	// Envoy, not the sidecar, holds the keys: they must be there for it.
+	if err := envoy.CheckKeys(o); err != nil {
+		return err
+	}
 	y, err := envoy.YAML(o)
 	if err != nil {
 		return err
+	}
+	files, err := envoy.SecretFiles(o)
+	if err != nil {
+		return err
+	}
+	for path, b := range files {
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return fmt.Errorf("write SDS file: %w", err)
+		}
 	}
 	if *out == "-" {
 		_, err = os.Stdout.Write(y)

@@ -15,12 +15,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/identity"
+	"github.com/aifirewall/aifirewall/internal/mtls"
 	"github.com/aifirewall/aifirewall/operator"
 	"github.com/aifirewall/aifirewall/processor"
 )
@@ -62,8 +64,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	upstreamKey := "" // Envoy holds it, unless PROVIDER_KEYS_IN_EXTPROC
+	if cfg.ProviderKeysInExtProc {
+		upstreamKey = cfg.UpstreamAPIKey
+	}
 	proc := processor.New(processor.Config{
-		Auth: auth, Upstream: cfg.Provider, UpstreamKey: cfg.UpstreamAPIKey, Upstreams: ups, Policy: policy(cfg),
+		Auth: auth, Upstream: cfg.Provider, UpstreamKey: upstreamKey, Upstreams: ups, Policy: policy(cfg), SendKeys: cfg.ProviderKeysInExtProc,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
 		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
 		Settler: settler, FailOpen: cfg.FailMode == "open",
@@ -85,7 +91,18 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("ADMIN_ADDR: %w", err)
 	}
 	// A buffered request body arrives in one message: allow the body limit.
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes) + 1<<20))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes) + 1<<20)}
+	if cfg.ExtProcTLSCert != "" {
+		m, err := mtls.NewServer(cfg.ExtProcTLSCert, cfg.ExtProcTLSKey, cfg.ExtProcClientCA, cfg.ExtProcClients)
+		if err != nil {
+			lis.Close()
+			adminLis.Close()
+			return fmt.Errorf("EXTPROC_TLS_*: %w", err)
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(m.Config())))
+		log.Info("ext_proc requires mutual TLS", "allowed_clients", cfg.ExtProcClients)
+	}
+	gs := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(gs, proc)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)

@@ -17,28 +17,37 @@ import (
 const credentialReload = 10 * time.Second
 
 // upstreams turns the providers file into the processor's providers, each
-// with its credential (re-read from its file until ctx ends) and its own
-// price table. Nil without a providers file: the UPSTREAM_* shorthand.
+// with its own price table. Provider keys are Envoy's to hold: the sidecar
+// reads them (re-read from their files until ctx ends) only with
+// PROVIDER_KEYS_IN_EXTPROC. Nil without a providers file: the UPSTREAM_*
+// shorthand.
 func upstreams(ctx context.Context, cfg *config.Config, prices *billing.Prices, log *slog.Logger) (map[string]*processor.Upstream, error) {
 	if cfg.Providers == nil {
-		if cfg.UpstreamAPIKey == "" {
+		if cfg.ProviderKeysInExtProc && cfg.UpstreamAPIKey == "" {
 			log.Warn("UPSTREAM_API_KEY is empty; the upstream will likely reject requests")
 		}
 		return nil, nil
 	}
 	ups := map[string]*processor.Upstream{}
 	for _, p := range cfg.Providers.Providers {
-		cred, err := p.Credential()
-		if err != nil {
-			return nil, fmt.Errorf("PROVIDERS_FILE: %w", err)
-		}
-		up := &processor.Upstream{Name: p.Name, Kind: p.Kind, PathPrefix: p.PathPrefix, Key: cred.Key}
+		up := &processor.Upstream{Name: p.Name, Kind: p.Kind, PathPrefix: p.PathPrefix}
+		ups[p.Name] = up
 		if p.PricingFile != "" || len(p.Prices) > 0 {
+			var err error
 			if up.Prices, err = p.PriceTable(prices); err != nil {
 				return nil, fmt.Errorf("PROVIDERS_FILE: %w", err)
 			}
 		}
-		ups[p.Name] = up
+		log.Info("provider", "name", p.Name, "format", string(p.Kind), "base_url", providers.Redact(p.URL.String()),
+			"hosts", p.Hosts, "path_prefix", p.PathPrefix, "own_prices", up.Prices != nil)
+		if !cfg.ProviderKeysInExtProc || (p.APIKeyEnv == "" && p.APIKeyFile == "") {
+			continue
+		}
+		cred, err := p.Credential()
+		if err != nil {
+			return nil, fmt.Errorf("PROVIDERS_FILE: %w", err)
+		}
+		up.Key = cred.Key
 		if p.APIKeyFile != "" {
 			name := p.Name
 			go loop.Every(ctx, credentialReload, func() {
@@ -49,8 +58,6 @@ func upstreams(ctx context.Context, cfg *config.Config, prices *billing.Prices, 
 				}
 			})
 		}
-		log.Info("provider", "name", p.Name, "format", string(p.Kind), "base_url", p.URL.String(),
-			"hosts", p.Hosts, "path_prefix", p.PathPrefix, "own_prices", up.Prices != nil)
 	}
 	return ups, nil
 }
@@ -66,5 +73,5 @@ func upstreamName(cfg *config.Config) string {
 	if cfg.Providers != nil {
 		return "PROVIDERS_FILE " + cfg.ProvidersFile
 	}
-	return cfg.UpstreamBaseURL + " (" + string(cfg.Provider) + ")"
+	return providers.Redact(cfg.UpstreamBaseURL) + " (" + string(cfg.Provider) + ")"
 }

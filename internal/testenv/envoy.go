@@ -56,8 +56,10 @@ func StartEnvoy(t testing.TB, upstreamURL, extProcAddr string) *Envoy {
 }
 
 // StartEnvoyWith runs envoy with o; listen and admin addresses are chosen
-// here, and the body limit defaults to 1 MiB.
-func StartEnvoyWith(t testing.TB, o envoy.Options) *Envoy {
+// here, and the body limit defaults to 1 MiB. The SDS files of provider
+// keys are written to o.SecretDir (default: a new directory); env (KEY=value)
+// is added to Envoy's environment: the provider keys it reads.
+func StartEnvoyWith(t testing.TB, o envoy.Options, env ...string) *Envoy {
 	t.Helper()
 	port, admin := testinfra.FreePort(t), testinfra.FreePort(t)
 	o.ListenAddr = fmt.Sprintf("127.0.0.1:%d", port)
@@ -65,16 +67,29 @@ func StartEnvoyWith(t testing.TB, o envoy.Options) *Envoy {
 	if o.MaxBodyBytes == 0 {
 		o.MaxBodyBytes = 1 << 20
 	}
+	if o.SecretDir == "" {
+		o.SecretDir = t.TempDir()
+	}
 	cfg, err := envoy.YAML(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return StartEnvoyConfig(t, cfg, port, admin)
+	files, err := envoy.SecretFiles(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, b := range files {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return StartEnvoyConfig(t, cfg, port, admin, env...)
 }
 
 // StartEnvoyConfig runs envoy with a configuration written elsewhere (JSON
-// or YAML) that listens on port and serves its admin interface on admin.
-func StartEnvoyConfig(t testing.TB, cfg []byte, port, admin int) *Envoy {
+// or YAML) that listens on port and serves its admin interface on admin;
+// env is added to its environment.
+func StartEnvoyConfig(t testing.TB, cfg []byte, port, admin int, env ...string) *Envoy {
 	t.Helper()
 	bin := EnvoyBinary(t)
 	e := &Envoy{Port: port, AdminPort: admin}
@@ -85,6 +100,7 @@ func StartEnvoyConfig(t testing.TB, cfg []byte, port, admin int) *Envoy {
 	e.cmd = exec.Command(bin, "-c", path, "--disable-hot-restart", "-l", "warning",
 		"--base-id", fmt.Sprint(e.AdminPort))
 	e.cmd.Stdout, e.cmd.Stderr = &e.log, &e.log
+	e.cmd.Env = append(os.Environ(), env...)
 	if err := e.cmd.Start(); err != nil {
 		t.Fatalf("start envoy: %v", err)
 	}

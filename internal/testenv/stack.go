@@ -3,8 +3,10 @@ package testenv
 import (
 	"context"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/internal/fakellm"
 	"github.com/aifirewall/aifirewall/internal/testinfra"
+	"github.com/aifirewall/aifirewall/processor/provider"
 	"github.com/aifirewall/aifirewall/providers"
 )
 
@@ -24,6 +27,7 @@ type Stack struct {
 	RDB         *redis.Client
 	Upstream    *fakellm.Server
 	Sidecar     *Sidecar
+	Relay       *Relay // nil with DirectExtProc
 	Envoy       *Envoy
 }
 
@@ -38,6 +42,12 @@ type StackOptions struct {
 	// ProvidersFile, when set, configures the upstreams (PROVIDERS_FILE)
 	// for the sidecar and Envoy alike; Upstream and UpstreamPath are unused.
 	ProvidersFile string
+	// EnvoyEnv is added to Envoy's environment: the provider keys the
+	// providers file names with api_key_env. The sidecar never gets them.
+	EnvoyEnv []string
+	// DirectExtProc connects Envoy to the sidecar itself, without the Relay
+	// that checks every ext_proc message for provider keys (benchmarks).
+	DirectExtProc bool
 }
 
 // Keys used by every stack.
@@ -56,6 +66,8 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 	s.RDB = redis.NewClient(&redis.Options{Addr: s.Redis.Addr()})
 	t.Cleanup(func() { s.RDB.Close() })
 	env := []string{"INTERNAL_API_KEY=" + ClientKey, "REDIS_URL=" + s.Redis.URL(), "DAILY_BUDGET_LIMIT=" + o.Limit}
+	envoyEnv := append([]string{}, o.EnvoyEnv...)
+	var secrets []string
 	if o.ProvidersFile != "" {
 		f, err := providers.Load(o.ProvidersFile)
 		if err != nil {
@@ -63,6 +75,7 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 		}
 		env = append(env, "PROVIDERS_FILE="+o.ProvidersFile)
 		o.Envoy.Providers = f.Providers
+		secrets = providerKeys(t, f.Providers, envoyEnv)
 	} else {
 		if o.Upstream == nil {
 			o.Upstream = &fakellm.Server{}
@@ -71,9 +84,18 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 		up := httptest.NewServer(s.Upstream)
 		t.Cleanup(up.Close)
 		s.UpstreamURL = up.URL + o.UpstreamPath
-		env = append(env, "UPSTREAM_BASE_URL="+s.UpstreamURL, "UPSTREAM_API_KEY="+UpstreamKey, "UPSTREAM_PROVIDER=openai")
+		env = append(env, "UPSTREAM_BASE_URL="+s.UpstreamURL, "UPSTREAM_PROVIDER=openai")
+		// Envoy holds the key; the sidecar does not have it.
+		envoyEnv = append(envoyEnv, "UPSTREAM_API_KEY="+UpstreamKey)
+		o.Envoy.UpstreamKeyEnv, secrets = "UPSTREAM_API_KEY", []string{UpstreamKey}
 	}
 	env = append(env, o.Env...)
+	if o.Envoy.UpstreamKind == "" {
+		o.Envoy.UpstreamKind = provider.OpenAI
+		if k := lastValue(env, "UPSTREAM_PROVIDER"); k != "" {
+			o.Envoy.UpstreamKind = provider.Kind(k)
+		}
+	}
 	sock := ""
 	if o.UnixSocket {
 		sock = "unix:" + filepath.Join(t.TempDir(), "extproc.sock")
@@ -84,8 +106,47 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 		s.Sidecar.GRPCAddr = sock
 	}
 	o.Envoy.UpstreamURL, o.Envoy.ExtProcAddr = s.UpstreamURL, s.Sidecar.GRPCAddr
-	s.Envoy = StartEnvoyWith(t, o.Envoy)
+	if !o.DirectExtProc && o.Envoy.ExtProcTLS.CertFile == "" {
+		s.Relay = StartRelay(t, s.Sidecar.GRPCAddr, secrets)
+		o.Envoy.ExtProcAddr = s.Relay.Addr
+	}
+	s.Envoy = StartEnvoyWith(t, o.Envoy, envoyEnv...)
 	return s
+}
+
+// providerKeys are the keys of ps, from env (KEY=value) or the process's
+// environment, and from their files.
+func providerKeys(t testing.TB, ps []providers.Provider, env []string) []string {
+	t.Helper()
+	var keys []string
+	for _, p := range ps {
+		switch {
+		case p.APIKeyEnv != "":
+			k := lastValue(env, p.APIKeyEnv)
+			if k == "" {
+				k = os.Getenv(p.APIKeyEnv)
+			}
+			keys = append(keys, k)
+		case p.APIKeyFile != "":
+			k, err := providers.ReadKeyFile(p.APIKeyFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// lastValue is the value of the last name=value in env.
+func lastValue(env []string, name string) string {
+	v := ""
+	for _, kv := range env {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == name {
+			v = val
+		}
+	}
+	return v
 }
 
 // Spent reads a budget key as an integer (0 when absent).

@@ -270,6 +270,9 @@ func commonFields(root object, limits ...string) (*Request, error) {
 		}
 		req.MaxOutput = max(req.MaxOutput, n)
 	}
+	if err := modelChoices(root, req); err != nil {
+		return nil, err
+	}
 	return req, nil
 }
 

@@ -42,7 +42,12 @@ type Meter interface {
 
 // Request is what the firewall needs to know of a request.
 type Request struct {
-	Model        string
+	Model string
+	// Alternatives are other models the provider may run (fallbacks);
+	// OpenChoice names the field that lets it pick any model ("model" for
+	// "openrouter/auto"), "" when none does.
+	Alternatives []Alternative
+	OpenChoice   string
 	Stream       bool
 	User         string // the body's "user" field, if any
 	MaxOutput    int64  // max_tokens & co.; 0 when not given
@@ -96,7 +101,7 @@ func ParseKind(explicit, baseURL string) (Kind, error) {
 	}
 	u, err := url.Parse(baseURL)
 	if err != nil {
-		return "", fmt.Errorf("parse base URL: %w", err)
+		return "", errors.New("the base URL is not a URL")
 	}
 	host := strings.ToLower(u.Hostname())
 	switch {

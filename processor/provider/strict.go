@@ -31,7 +31,8 @@ var decoders = sync.Pool{New: func() any { return jsontext.NewDecoder(bytes.NewB
 // ignores it.
 var (
 	decidedTop = []string{"model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-		"max_output_tokens", "n", "best_of", "user", "metadata", "messages", "input", "instructions", "system", "tools"}
+		"max_output_tokens", "n", "best_of", "user", "metadata", "messages", "input", "instructions", "system", "tools",
+		"models", "fallbacks", "preset", "route"}
 	decidedNested = map[string]string{"include_usage": "/stream_options", "user_id": "/metadata"}
 )
 
