@@ -5,6 +5,7 @@ package deploytest
 import (
 	"bufio"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"sigs.k8s.io/yaml"
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/internal/fakellm"
@@ -35,7 +37,10 @@ import (
 // 127.0.0.1 when the translated xDS is turned into a static configuration.
 func TestEnvoyGatewayDataPath(t *testing.T) {
 	egctl := tool(t, "egctl")
-	pki := testinfra.NewPKIFor(t, "", "openai.test", "anthropic.test")
+	// One test CA signs the fake providers' certificates, the firewall's
+	// (for its Service's name) and the gateway's client certificate.
+	pki := testinfra.NewPKIFor(t, "", "openai.test", "anthropic.test", "aifirewall.aifirewall.svc")
+	gwCert := pki.IssueClient(t, "llm-egress.aifirewall.gateway")
 	cert, err := tls.LoadX509KeyPair(pki.CertFile, pki.KeyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -53,16 +58,19 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 	ant, antPort := fake("sk-eg-anthropic")
 
 	rd := testinfra.StartRedis(t)
+	// The firewall as deploy/envoy-gateway/values.yaml runs it: no provider
+	// key, ext_proc over mutual TLS admitting the gateway's identity only.
 	provs := filepath.Join(t.TempDir(), "providers.yaml")
 	os.WriteFile(provs, []byte(`providers:
-  - {name: openai, format: openai, base_url: "https://openai.test", hosts: [openai.test], api_key_env: OPENAI_API_KEY}
-  - {name: anthropic, format: anthropic, base_url: "https://anthropic.test", hosts: [anthropic.test], api_key_env: ANTHROPIC_API_KEY}
+  - {name: openai, format: openai, base_url: "https://openai.test", hosts: [openai.test]}
+  - {name: anthropic, format: anthropic, base_url: "https://anthropic.test", hosts: [anthropic.test]}
 `), 0o600)
-	side := testenv.StartSidecar(t, "INTERNAL_API_KEY=eg-client-key", "PROVIDERS_FILE="+provs, "OPENAI_API_KEY=sk-eg-openai",
-		"ANTHROPIC_API_KEY=sk-eg-anthropic", "REDIS_URL="+rd.URL(), "DAILY_BUDGET_LIMIT=5")
+	side := testenv.StartSidecar(t, "INTERNAL_API_KEY=eg-client-key", "PROVIDERS_FILE="+provs,
+		"REDIS_URL="+rd.URL(), "DAILY_BUDGET_LIMIT=5", "EXTPROC_TLS_CERT_FILE="+pki.CertFile, "EXTPROC_TLS_KEY_FILE="+pki.KeyFile,
+		"EXTPROC_TLS_CLIENT_CA_FILE="+pki.CAFile, "EXTPROC_TLS_ALLOWED_CLIENTS="+chartValue(t, "../envoy-gateway/values.yaml", "extproc", "tls", "allowedClients"))
 
-	// The README's resources, the providers renamed, and the chart's
-	// extproc Service as the apiserver would hold it.
+	// The README's resources, the providers renamed, and what its comments
+	// ask for (egressInput).
 	raw, err := os.ReadFile(filepath.Join(testinfra.RepoRoot(t), "deploy/envoy-gateway/llm-egress.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -72,8 +80,7 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 		"name: openai, port: 443}", "name: openai, port: "+upPort+"}",
 		"name: anthropic, port: 443}", "name: anthropic, port: "+antPort+"}",
 		"api.openai.com", "openai.test", "api.anthropic.com", "anthropic.test").Replace(string(raw))
-	res += "---\napiVersion: v1\nkind: Service\nmetadata: {name: aifirewall, namespace: aifirewall}\nspec:\n  clusterIP: 10.96.0.50\n" +
-		"  ports:\n    - {name: grpc, port: 50051, targetPort: grpc, appProtocol: kubernetes.io/h2c}\n"
+	res = egressInput(res, pki, gwCert)
 	in := filepath.Join(t.TempDir(), "in.yaml")
 	os.WriteFile(in, []byte(res), 0o600)
 	xds, err := exec.Command(egctl, "x", "translate", "--from", "gateway-api", "--to", "xds", "-t", "all", "-f", in,
@@ -82,7 +89,14 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 		t.Fatalf("egctl x translate: %v", err)
 	}
 	port, admin := testinfra.FreePort(t), testinfra.FreePort(t)
-	cfg := staticBootstrap(t, xds, port, admin, pki.CAFile, map[string]string{
+	// The secrets Envoy Gateway would serve over SDS, given statically.
+	secrets := map[string]any{
+		"credential_injector/credential/httproutefilter/aifirewall/openai-key":    genericSecret("Bearer sk-eg-openai"),
+		"credential_injector/credential/httproutefilter/aifirewall/anthropic-key": genericSecret("sk-eg-anthropic"),
+		"aifirewall/llm-egress-client-tls": map[string]any{"tlsCertificate": map[string]any{
+			"certificateChain": map[string]any{"filename": gwCert.CertFile}, "privateKey": map[string]any{"filename": gwCert.KeyFile}}},
+	}
+	cfg := staticBootstrap(t, xds, port, admin, pki.CAFile, secrets, map[string]string{
 		"openai.test": "127.0.0.1", "anthropic.test": "127.0.0.1", "10.96.0.50:50051": side.GRPCAddr})
 	env := testenv.StartEnvoyConfig(t, cfg, port, admin)
 	base := env.URL()
@@ -177,12 +191,33 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 	testenv.WaitSpent(t, rdb, billing.BudgetKey("eg-claude", billing.Day(time.Now(), time.UTC)), 1000*1000+10*5000)
 }
 
+// egressInput adds to the Envoy Gateway resources what the file's comments
+// ask the operator to create (the providers' key Secrets, the gateway's
+// client certificate, the ConfigMap with the firewall's CA) and the chart's
+// extproc Service as the apiserver would hold it.
+func egressInput(res string, pki *testinfra.PKI, gw testinfra.ClientCert) string {
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	read := func(f string) string { b, _ := os.ReadFile(f); return string(b) }
+	caPEM, _ := json.Marshal(read(pki.CAFile))
+	return res + "---\napiVersion: v1\nkind: Service\nmetadata: {name: aifirewall, namespace: aifirewall}\nspec:\n  clusterIP: 10.96.0.50\n" +
+		"  ports:\n    - {name: grpc, port: 50051, targetPort: grpc, appProtocol: grpc}\n" +
+		"---\napiVersion: v1\nkind: Secret\nmetadata: {name: openai-key, namespace: aifirewall}\ndata: {credential: " + b64("Bearer sk-eg-openai") + "}\n" +
+		"---\napiVersion: v1\nkind: Secret\nmetadata: {name: anthropic-key, namespace: aifirewall}\ndata: {credential: " + b64("sk-eg-anthropic") + "}\n" +
+		"---\napiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\nmetadata: {name: llm-egress-client-tls, namespace: aifirewall}\n" +
+		"data: {tls.crt: " + b64(read(gw.CertFile)) + ", tls.key: " + b64(read(gw.KeyFile)) + "}\n" +
+		"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: aifirewall-extproc-ca, namespace: aifirewall}\ndata: {ca.crt: " + string(caPEM) + "}\n"
+}
+
+func genericSecret(v string) map[string]any {
+	return map[string]any{"genericSecret": map[string]any{"secret": map[string]any{"inlineString": v}}}
+}
+
 // staticBootstrap turns egctl's xDS dump into a configuration Envoy starts
 // from: its gateway listeners on 127.0.0.1:port with their route tables
 // inlined, its clusters with their endpoints inlined (addresses remapped),
 // and the system CA bundle (served by SDS in a real deployment) replaced by
 // caFile.
-func staticBootstrap(t *testing.T, dump []byte, port, admin int, caFile string, remap map[string]string) []byte {
+func staticBootstrap(t *testing.T, dump []byte, port, admin int, caFile string, secrets map[string]any, remap map[string]string) []byte {
 	t.Helper()
 	var d struct {
 		XDS map[string]struct {
@@ -241,6 +276,9 @@ func staticBootstrap(t *testing.T, dump []byte, port, admin int, caFile string, 
 	fix = func(v any) any {
 		switch x := v.(type) {
 		case map[string]any:
+			if name, ok := x["name"].(string); ok && x["sdsConfig"] != nil && secrets[name] != nil {
+				delete(x, "sdsConfig") // a static secret of that name
+			}
 			if rds, ok := x["rds"].(map[string]any); ok {
 				delete(x, "rds")
 				x["routeConfig"] = routes[rds["routeConfigName"].(string)]
@@ -273,13 +311,40 @@ func staticBootstrap(t *testing.T, dump []byte, port, admin int, caFile string, 
 		}
 		return v
 	}
+	var static []any
+	for name, sec := range secrets {
+		s := map[string]any{"name": name}
+		for k, v := range sec.(map[string]any) {
+			s[k] = v
+		}
+		static = append(static, s)
+	}
 	boot := map[string]any{
 		"admin":           map[string]any{"address": map[string]any{"socketAddress": map[string]any{"address": "127.0.0.1", "portValue": admin}}},
-		"staticResources": fix(map[string]any{"listeners": listeners, "clusters": clusters}),
+		"staticResources": fix(map[string]any{"listeners": listeners, "clusters": clusters, "secrets": static}),
 	}
 	b, err := json.Marshal(boot)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// chartValue reads a list from a values file (relative to deploy/deploytest)
+// and joins it with commas, as the chart passes it to the firewall.
+func chartValue(t *testing.T, file string, path ...any) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(testinfra.RepoRoot(t), "deploy", "deploytest", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v map[string]any
+	if err := yaml.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range get(v, path...).([]any) {
+		out = append(out, fmt.Sprint(e))
+	}
+	return strings.Join(out, ",")
 }

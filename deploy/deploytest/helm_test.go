@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -149,6 +150,10 @@ func envOf(c map[string]any) map[string]any {
 	return env
 }
 
+// extprocTLS is the extproc mode with mutual TLS on its port.
+var extprocTLS = []string{"mode=extproc", "extproc.tls.secretName=aifirewall-extproc-tls",
+	"extproc.tls.allowedClients={spiffe://cluster.local/ns/envoy-gateway-system/*}"}
+
 // The value matrix: each lints strictly and renders what its mode needs.
 var matrix = []struct {
 	name  string
@@ -162,11 +167,13 @@ var matrix = []struct {
 		[]string{"gateway.autoscaling.enabled=false", "gateway.replicas=3", "gateway.networkPolicy.enabled=false",
 			"gateway.podDisruptionBudget.enabled=false", "gateway.serviceMonitor.enabled=true", "redis.caConfigMap=redis-ca",
 			"redis.url=rediss://:$(REDIS_PASSWORD)@redis:6380/0"}, "Service Deployment ServiceMonitor"},
-	{"gateway, mesh identities", "", []string{"identityMode=mesh", "trustXFCC=true"}, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
-	{"extproc", "", []string{"mode=extproc"}, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
-	{"extproc, providers file", "testdata/providers-values.yaml", []string{"mode=extproc"}, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+	{"extproc", "", extprocTLS, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
+	{"extproc, providers file", "testdata/providers-values.yaml", extprocTLS, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+	{"extproc, behind a mesh, mesh identities", "", []string{"mode=extproc", "extproc.authenticatedByMesh=true", "identityMode=mesh", "trustXFCC=true"},
+		"NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
 	{"extproc, Envoy Gateway's values", "../envoy-gateway/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
 	{"extproc, Istio's values", "../istio/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+	{"extproc, Istio's every-sidecar values", "../istio/values-mesh-sidecars.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
 	{"sidecar", "", []string{"mode=sidecar"}, ""},
 	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},
 	{"sidecar, providers file, example", "testdata/providers-values.yaml", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "ConfigMap Deployment"},
@@ -229,14 +236,39 @@ func checkPod(t *testing.T, pod map[string]any, mode string) {
 	if _, literal := env["INTERNAL_API_KEY"].(string); literal || env["SHUTDOWN_TIMEOUT"] != "30s" {
 		t.Errorf("INTERNAL_API_KEY must come from the Secret, SHUTDOWN_TIMEOUT from the values: %v", env)
 	}
+	// The sidecar holds no provider key: not in its environment, and the
+	// Secret is not mounted in it.
+	if env["PROVIDER_KEYS_IN_EXTPROC"] == nil {
+		for name := range env {
+			if strings.HasSuffix(name, "_API_KEY") && name != "INTERNAL_API_KEY" {
+				t.Errorf("the aifirewall container gets %s", name)
+			}
+		}
+		if mounts(fw)["provider-keys"] {
+			t.Error("the aifirewall container mounts the provider keys")
+		}
+	}
 	if mode == "extproc" {
-		// The aifirewall alone, serving ext_proc to proxies on the network.
+		// The aifirewall alone, serving ext_proc to proxies on the network,
+		// over mutual TLS or behind a mesh that authenticates them.
 		if len(mains) != 1 || len(inits) != 0 || env["LISTEN_ADDR"] != "0.0.0.0:50051" || get(fw, "readinessProbe", "httpGet", "path") != "/readyz" {
 			t.Errorf("extproc pod: %d containers, %d init containers, LISTEN_ADDR %v", len(mains), len(inits), env["LISTEN_ADDR"])
+		}
+		if env["EXTPROC_AUTHENTICATED_BY_MESH"] != "true" && (env["EXTPROC_TLS_CERT_FILE"] == nil || env["EXTPROC_TLS_ALLOWED_CLIENTS"] == "" || !mounts(fw)["extproc-tls"]) {
+			t.Errorf("extproc pod: its port is open to anyone: %v", env)
 		}
 		return
 	}
 	ev := container(t, envoyIn, "envoy")
+	// Envoy holds the provider keys: the Secret's variables and its mount.
+	if !mounts(ev)["provider-keys"] || !mounts(container(t, inits, "envoy-config"))["provider-keys"] {
+		t.Error("Envoy and envoy-config must mount the provider keys")
+	}
+	for name := range envOf(container(t, inits, "envoy-config")) {
+		if strings.HasSuffix(name, "_API_KEY") && envOf(ev)[name] == nil {
+			t.Errorf("envoy-config checks %s, which Envoy does not get", name)
+		}
+	}
 	if get(fw, "readinessProbe", "httpGet", "path") != "/readyz" || get(ev, "readinessProbe", "httpGet", "path") != "/ready" ||
 		get(ev, "readinessProbe", "httpGet", "port") != float64(9902) {
 		t.Error("readiness must follow the sidecar's /readyz and Envoy's /ready")
@@ -250,6 +282,15 @@ func checkPod(t *testing.T, pod map[string]any, mode string) {
 	}
 }
 
+// mounts are the names of the volumes c mounts.
+func mounts(c any) map[string]bool {
+	m := map[string]bool{}
+	for _, v := range get(c, "volumeMounts").([]any) {
+		m[fmt.Sprint(get(v, "name"))] = true
+	}
+	return m
+}
+
 // Mistakes in values stop the render with a message saying what to set.
 func TestChartRefusesBadValues(t *testing.T) {
 	for _, c := range []struct {
@@ -259,6 +300,11 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{[]string{"redis.url=redis://r:6379/0"}, "secret.name: name the Secret"},
 		{[]string{"secret.name=s"}, "redis.url: the budgets live in Redis"},
 		{append([]string{"mode=daemon"}, base...), `mode: "daemon" is not gateway, sidecar or extproc`},
+		{append([]string{"mode=extproc"}, base...), "extproc: whoever reaches the ext_proc port"},
+		{append([]string{"mode=extproc", "extproc.tls.secretName=x"}, base...), "extproc.tls.allowedClients"},
+		{append([]string{"identityMode=mesh"}, base...), "identityMode: mesh needs the calling workloads' client certificates"},
+		{append([]string{"mode=sidecar", "identityMode=mesh"}, base...), "identityMode: mesh needs"},
+		{append([]string{"extproc.sendsProviderKeys=true"}, base...), "extproc.sendsProviderKeys: only mode=extproc"},
 	} {
 		if out, err := helm(t, "template", "", c.set...); err == nil || !strings.Contains(out, c.want) {
 			t.Errorf("%v: %v %s", c.set, err, out)
@@ -284,13 +330,24 @@ func TestChartEnvoyConfigValidates(t *testing.T) {
 			}
 			gen := container(t, pod["initContainers"], "envoy-config")
 			dir := t.TempDir()
+			// The Secret as the pod mounts it: a key file for each
+			// api_key_file under secret.mountPath, a value for each variable.
+			mount := filepath.Join(dir, "secret")
+			os.MkdirAll(mount, 0o700)
 			env := []string{}
 			for k, v := range envOf(gen) {
 				s := fmt.Sprint(v)
+				if _, fromSecret := v.(map[string]any); fromSecret {
+					s = "sk-test-" + k
+				}
 				if k == "PROVIDERS_FILE" {
 					cm := find(t, docs, "ConfigMap")
 					s = filepath.Join(dir, "providers.yaml")
-					os.WriteFile(s, []byte(get(cm, "data", "providers.yaml").(string)), 0o600)
+					provs := get(cm, "data", "providers.yaml").(string)
+					for _, m := range regexp.MustCompile(`/var/run/secrets/aifirewall/([A-Za-z0-9._-]+)`).FindAllStringSubmatch(provs, -1) {
+						os.WriteFile(filepath.Join(mount, m[1]), []byte("sk-test-file\n"), 0o600)
+					}
+					os.WriteFile(s, []byte(strings.ReplaceAll(provs, "/var/run/secrets/aifirewall/", mount+"/")), 0o600)
 				}
 				env = append(env, k+"="+s)
 			}
@@ -304,7 +361,9 @@ func TestChartEnvoyConfigValidates(t *testing.T) {
 			if b, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("envoy-config: %v\n%s", err, b)
 			}
-			if b, err := exec.Command(testenv.EnvoyBinary(t), "--mode", "validate", "-c", out, "--disable-hot-restart").CombinedOutput(); err != nil {
+			validate := exec.Command(testenv.EnvoyBinary(t), "--mode", "validate", "-c", out, "--disable-hot-restart")
+			validate.Env = append(os.Environ(), env...)
+			if b, err := validate.CombinedOutput(); err != nil {
 				t.Fatalf("envoy rejects the chart's configuration: %v\n%s", err, b)
 			}
 		})

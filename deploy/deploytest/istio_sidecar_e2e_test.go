@@ -58,7 +58,9 @@ func TestIstioSidecarDataPath(t *testing.T) {
   - {name: anthropic, format: anthropic, base_url: "https://api.anthropic.com", hosts: [api.anthropic.com], api_key_env: ANTHROPIC_API_KEY}
 `), 0o600)
 	side := testenv.StartSidecar(t, "INTERNAL_API_KEY=mesh-client-key", "PROVIDERS_FILE="+providers,
-		"OPENAI_API_KEY=sk-mesh-openai", "ANTHROPIC_API_KEY=sk-mesh-anthropic", "REDIS_URL="+rd.URL(), "DAILY_BUDGET_LIMIT=5")
+		"OPENAI_API_KEY=sk-mesh-openai", "ANTHROPIC_API_KEY=sk-mesh-anthropic", "REDIS_URL="+rd.URL(), "DAILY_BUDGET_LIMIT=5",
+		// Every sidecar is the only proxy in the path: the firewall puts the key on (README).
+		"PROVIDER_KEYS_IN_EXTPROC=true")
 
 	cluster := func(name, hostport string, h2 bool) map[string]any {
 		host, port, _ := net.SplitHostPort(hostport)

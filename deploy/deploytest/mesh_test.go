@@ -73,18 +73,9 @@ func TestEnvoyGatewayAcceptsTheEgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The chart's extproc Service, as the apiserver would have it.
-	svc := `
----
-apiVersion: v1
-kind: Service
-metadata: {name: aifirewall, namespace: aifirewall}
-spec:
-  clusterIP: 10.96.0.50
-  ports:
-    - {name: grpc, port: 50051, targetPort: grpc, appProtocol: kubernetes.io/h2c}
-`
-	os.WriteFile(in, append(raw, svc...), 0o600)
+	// What the file's comments ask for, and the chart's extproc Service.
+	pki := testinfra.NewPKIFor(t, "", "aifirewall.aifirewall.svc")
+	os.WriteFile(in, []byte(egressInput(string(raw), pki, pki.IssueClient(t, "llm-egress.aifirewall.gateway"))), 0o600)
 	out, err := exec.Command(egctl, "x", "translate", "--from", "gateway-api", "--to", "gateway-api", "-f", in, "-n", "aifirewall", "-o", "yaml").CombinedOutput()
 	if err != nil {
 		t.Fatalf("egctl x translate: %v\n%s", err, out)
@@ -134,7 +125,11 @@ spec:
 		// 32 KiB, and streams have no overall deadline.
 		`"perConnectionBufferLimitBytes":8388608`, `"timeout":"0s"`,
 		// The route's name tells the firewall the provider.
-		`"requestAttributes":["xds.route_name"]`} {
+		`"requestAttributes":["xds.route_name"]`,
+		// The gateway puts the keys on, after ext_proc, and reaches the
+		// firewall over TLS to its Service's name, with a client certificate.
+		`credential_injector.v3.CredentialInjector`, `"sni":"aifirewall.aifirewall.svc"`,
+		`"tlsCertificateSdsSecretConfigs":[{"name":"aifirewall/llm-egress-client-tls"`} {
 		if !strings.Contains(compact(xds), want) {
 			t.Errorf("the translated configuration lacks %s", want)
 		}

@@ -28,6 +28,28 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not .Values.redis.url -}}
 {{- fail "redis.url: the budgets live in Redis; give its URL (redis://, rediss://, redis+sentinel://, redis+cluster://)" -}}
 {{- end -}}
+{{- if and (eq .Values.identityMode "mesh") (ne .Values.mode "extproc") -}}
+{{- fail "identityMode: mesh needs the calling workloads' client certificates, and the chart's Envoy serves plain HTTP without verifying any; run mode=extproc behind the Istio egress gateway (deploy/istio), or use identityMode shared or keys" -}}
+{{- end -}}
+{{- if eq .Values.mode "extproc" -}}
+{{- $tls := .Values.extproc.tls -}}
+{{- if and (not .Values.extproc.authenticatedByMesh) (or (not $tls.secretName) (not $tls.allowedClients)) -}}
+{{- fail "extproc: whoever reaches the ext_proc port admits requests and names identities; set extproc.tls.secretName and extproc.tls.allowedClients (mutual TLS), or extproc.authenticatedByMesh=true behind Istio's mTLS and the AuthorizationPolicy of deploy/istio" -}}
+{{- end -}}
+{{- else if .Values.extproc.sendsProviderKeys -}}
+{{- fail "extproc.sendsProviderKeys: only mode=extproc (Istio's every-sidecar variant) may send provider keys over ext_proc; the chart's Envoy puts them on itself" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where Envoy (and the sidecar, with extproc.sendsProviderKeys) reads provider keys: environment variables from the Secret and the Secret mounted for api_key_file. */}}
+{{- define "aifirewall.keyEnv" -}}
+{{- $v := .Values -}}
+{{- if not $v.providers }}
+{{ include "aifirewall.secretEnv" (dict "name" "UPSTREAM_API_KEY" "secret" $v.secret.name "key" $v.secret.upstreamAPIKeyKey "optional" true) }}
+{{- end }}
+{{- range $name, $key := $v.secret.providerKeyEnv }}
+{{ include "aifirewall.secretEnv" (dict "name" $name "secret" $v.secret.name "key" $key "optional" false) }}
+{{- end }}
 {{- end -}}
 
 {{/* Settings Envoy's configuration is generated from: no secret among them. */}}
@@ -80,12 +102,15 @@ envoyConfig:
     - name: ENVOY_HEALTH_ADDR
       value: 0.0.0.0:9902
     {{- include "aifirewall.routingEnv" $ | nindent 4 }}
+    {{- include "aifirewall.keyEnv" $ | nindent 4 }}
   securityContext: {{- include "aifirewall.containerSecurity" $ | nindent 4 }}
   resources:
     requests: {cpu: 10m, memory: 32Mi}
     limits: {memory: 64Mi}
   volumeMounts:
     - {name: envoy-config, mountPath: /etc/envoy}
+    # To check that every provider key is there before Envoy starts.
+    - {name: provider-keys, mountPath: {{ $v.secret.mountPath }}, readOnly: true}
     {{- if $v.providers }}
     - {name: providers, mountPath: /etc/aifirewall, readOnly: true}
     {{- end }}
@@ -102,6 +127,25 @@ aifirewall:
       value: /nonexistent
     - name: LISTEN_ADDR
       value: {{ ternary "0.0.0.0:50051" "unix:/run/aifirewall/extproc.sock" (eq $v.mode "extproc") }}
+    {{- if eq $v.mode "extproc" }}
+    {{- if $v.extproc.tls.secretName }}
+    - name: EXTPROC_TLS_CERT_FILE
+      value: /etc/aifirewall/extproc-tls/tls.crt
+    - name: EXTPROC_TLS_KEY_FILE
+      value: /etc/aifirewall/extproc-tls/tls.key
+    - name: EXTPROC_TLS_CLIENT_CA_FILE
+      value: /etc/aifirewall/extproc-tls/{{ $v.extproc.tls.caKey }}
+    - name: EXTPROC_TLS_ALLOWED_CLIENTS
+      value: {{ join "," $v.extproc.tls.allowedClients | quote }}
+    {{- else }}
+    - name: EXTPROC_AUTHENTICATED_BY_MESH
+      value: "true"
+    {{- end }}
+    {{- if $v.extproc.sendsProviderKeys }}
+    - name: PROVIDER_KEYS_IN_EXTPROC
+      value: "true"
+    {{- end }}
+    {{- end }}
     - name: ADMIN_ADDR
       value: 0.0.0.0:9090
     - name: SPOOL_FILE
@@ -122,13 +166,10 @@ aifirewall:
       value: {{ $v.logLevel | quote }}
     {{- include "aifirewall.routingEnv" $ | nindent 4 }}
     {{- include "aifirewall.secretEnv" (dict "name" "INTERNAL_API_KEY" "secret" $sec "key" $v.secret.internalAPIKeyKey "optional" (eq $v.identityMode "mesh")) | nindent 4 }}
-    {{- if not $v.providers }}
-    {{- include "aifirewall.secretEnv" (dict "name" "UPSTREAM_API_KEY" "secret" $sec "key" $v.secret.upstreamAPIKeyKey "optional" true) | nindent 4 }}
-    {{- end }}
     {{- include "aifirewall.secretEnv" (dict "name" "ADMIN_TOKEN" "secret" $sec "key" $v.secret.adminTokenKey "optional" true) | nindent 4 }}
     {{- include "aifirewall.secretEnv" (dict "name" "REDIS_PASSWORD" "secret" $sec "key" $v.secret.redisPasswordKey "optional" true) | nindent 4 }}
-    {{- range $name, $key := $v.secret.providerKeyEnv }}
-    {{- include "aifirewall.secretEnv" (dict "name" $name "secret" $sec "key" $key "optional" false) | nindent 4 }}
+    {{- if $v.extproc.sendsProviderKeys }}
+    {{- include "aifirewall.keyEnv" $ | nindent 4 }}
     {{- end }}
     - name: REDIS_URL
       value: {{ $v.redis.url | quote }}
@@ -164,7 +205,12 @@ aifirewall:
   volumeMounts:
     - {name: run, mountPath: /run/aifirewall}
     - {name: spool, mountPath: /var/lib/aifirewall}
+    {{- if $v.extproc.sendsProviderKeys }}
     - {name: provider-keys, mountPath: {{ $v.secret.mountPath }}, readOnly: true}
+    {{- end }}
+    {{- if and (eq $v.mode "extproc") $v.extproc.tls.secretName }}
+    - {name: extproc-tls, mountPath: /etc/aifirewall/extproc-tls, readOnly: true}
+    {{- end }}
     {{- if $v.providers }}
     - {name: providers, mountPath: /etc/aifirewall, readOnly: true}
     {{- end }}
@@ -179,6 +225,11 @@ envoy:
   restartPolicy: Always
   {{- end }}
   command: ["envoy", "-c", "/etc/envoy/envoy.yaml", "--disable-hot-restart", "--log-level", "warning"]
+  # Envoy holds the provider keys and puts them on requests after the
+  # sidecar has seen them (the SDS files envoy-config wrote say where).
+  {{- with include "aifirewall.keyEnv" $ }}
+  env: {{- . | nindent 4 }}
+  {{- end }}
   ports:
     - {name: http, containerPort: 8000}
     - {name: envoy-health, containerPort: 9902}
@@ -203,6 +254,7 @@ envoy:
     - {name: envoy-config, mountPath: /etc/envoy, readOnly: true}
     - {name: run, mountPath: /run/aifirewall}
     - {name: tmp, mountPath: /tmp}
+    - {name: provider-keys, mountPath: {{ $v.secret.mountPath }}, readOnly: true}
 {{- end -}}
 
 {{- define "aifirewall.containerSecurity" -}}
@@ -225,6 +277,10 @@ capabilities: {drop: [ALL]}
   emptyDir: {sizeLimit: {{ .Values.gateway.spool.sizeLimit }}}
 - name: provider-keys
   secret: {secretName: {{ .Values.secret.name }}}
+{{- if and (eq .Values.mode "extproc") .Values.extproc.tls.secretName }}
+- name: extproc-tls
+  secret: {secretName: {{ .Values.extproc.tls.secretName }}}
+{{- end }}
 {{- if .Values.providers }}
 - name: providers
   configMap: {name: {{ include "aifirewall.fullname" . }}-providers}
