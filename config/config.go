@@ -260,6 +260,13 @@ func firstError(err error) error {
 // could speak to: beyond a Unix socket or loopback it needs mutual TLS with
 // an allow-list, or a mesh that authenticates callers in front of it.
 func (c *Config) checkExtProcListener() error {
+	clients := c.ExtProcClients[:0]
+	for _, id := range c.ExtProcClients {
+		if id = strings.TrimSpace(id); id != "" {
+			clients = append(clients, id)
+		}
+	}
+	c.ExtProcClients = clients
 	tlsSet := c.ExtProcTLSCert != "" || c.ExtProcTLSKey != "" || c.ExtProcClientCA != "" || len(c.ExtProcClients) > 0
 	if tlsSet && (c.ExtProcTLSCert == "" || c.ExtProcTLSKey == "" || c.ExtProcClientCA == "" || len(c.ExtProcClients) == 0) {
 		return errors.New("EXTPROC_TLS_CERT_FILE, EXTPROC_TLS_KEY_FILE, EXTPROC_TLS_CLIENT_CA_FILE and EXTPROC_TLS_ALLOWED_CLIENTS: set all four for mutual TLS on the ext_proc port")

@@ -5,8 +5,6 @@ import (
 	"github.com/aifirewall/aifirewall/processor/provider"
 )
 
-var modelParam = "model"
-
 // checkChoices holds every model the request lets the provider run (its
 // fallbacks, an auto router, a preset) to the egress policy, as "model"
 // is: a forbidden model must not run behind an allowed first choice.

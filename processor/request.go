@@ -177,7 +177,8 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 		r.log.Info("refused by the egress policy", "reason", d.Msg)
 		e := forbidden(d)
 		if d.Model {
-			e.Param = &modelParam
+			param := "model"
+			e.Param = &param
 		}
 		return r.deny(decisionForbidden, e)
 	}

@@ -4,15 +4,30 @@
 # under deploy/tools (versions in their go.mod). Cold on a 2-core machine:
 # kube-apiserver ~12 min, egctl ~10, istioctl ~10, helm ~3, etcd ~2; with
 # a warm Go build cache, seconds each.
+#
+# Built tools are kept outside the clone too, in AIFIREWALL_TOOLS_CACHE
+# (default ~/.cache/aifirewall-tools), under a key of the tool's module
+# (its go.mod and go.sum), the build flags and the Go version: a fresh
+# clone on the same machine (CI's) copies them instead of building again,
+# and a changed pin builds anew.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="$PWD/.tools/bin"
-mkdir -p "$bin"
+cache="${AIFIREWALL_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aifirewall-tools}"
+mkdir -p "$bin" "$cache"
+gover="$(go env GOVERSION)"
 build() { # name, module dir, package, [ldflags]
   local name=$1 dir=$2 pkg=$3 ldflags=${4:-}
   if [ -x "$bin/$name" ]; then return; fi
-  echo "building $name ($pkg)" >&2
-  (cd "deploy/tools/$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg")
+  local key
+  key="$(cat "deploy/tools/$dir/go.mod" "deploy/tools/$dir/go.sum" | sha256sum | cut -c1-16)-$(printf '%s %s %s' "$pkg" "$ldflags" "$gover" | sha256sum | cut -c1-8)"
+  local cached="$cache/$name-$key"
+  if [ ! -x "$cached" ]; then
+    echo "building $name ($pkg)" >&2
+    (cd "deploy/tools/$dir" && go build -trimpath -ldflags "$ldflags" -o "$cached.tmp.$$" "$pkg")
+    mv "$cached.tmp.$$" "$cached"
+  fi
+  cp "$cached" "$bin/$name.tmp"
   mv "$bin/$name.tmp" "$bin/$name"
 }
 build helm helm helm.sh/helm/v3/cmd/helm
