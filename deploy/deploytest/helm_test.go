@@ -161,19 +161,19 @@ var matrix = []struct {
 	set   []string
 	kinds string
 }{
-	{"gateway defaults", "", nil, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
-	{"gateway, providers file", "testdata/providers-values.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+	{"gateway defaults", "", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
+	{"gateway, providers file", "testdata/providers-values.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
 	{"gateway, fixed replicas, no policy objects, ServiceMonitor, Redis CA", "",
 		[]string{"gateway.autoscaling.enabled=false", "gateway.replicas=3", "gateway.networkPolicy.enabled=false",
 			"gateway.podDisruptionBudget.enabled=false", "gateway.serviceMonitor.enabled=true", "redis.caConfigMap=redis-ca",
-			"redis.url=rediss://:$(REDIS_PASSWORD)@redis:6380/0"}, "Service Deployment ServiceMonitor"},
-	{"extproc", "", extprocTLS, "NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
-	{"extproc, providers file", "testdata/providers-values.yaml", extprocTLS, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+			"redis.url=rediss://:$(REDIS_PASSWORD)@redis:6380/0"}, "ServiceAccount Service Deployment ServiceMonitor Pod"},
+	{"extproc", "", extprocTLS, "NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
+	{"extproc, providers file", "testdata/providers-values.yaml", extprocTLS, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
 	{"extproc, behind a mesh, mesh identities", "", []string{"mode=extproc", "extproc.authenticatedByMesh=true", "identityMode=mesh", "trustXFCC=true"},
-		"NetworkPolicy PodDisruptionBudget Service Deployment HorizontalPodAutoscaler"},
-	{"extproc, Envoy Gateway's values", "../envoy-gateway/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
-	{"extproc, Istio's values", "../istio/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
-	{"extproc, Istio's every-sidecar values", "../istio/values-mesh-sidecars.yaml", nil, "NetworkPolicy PodDisruptionBudget ConfigMap Service Deployment HorizontalPodAutoscaler"},
+		"NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
+	{"extproc, Envoy Gateway's values", "../envoy-gateway/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
+	{"extproc, Istio's values", "../istio/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
+	{"extproc, Istio's every-sidecar values", "../istio/values-mesh-sidecars.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
 	{"sidecar", "", []string{"mode=sidecar"}, ""},
 	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},
 	{"sidecar, providers file, example", "testdata/providers-values.yaml", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "ConfigMap Deployment"},
@@ -282,6 +282,48 @@ func checkPod(t *testing.T, pod map[string]any, mode string) {
 	}
 }
 
+// What a platform team sets on day one reaches the manifests: a
+// ServiceAccount of its naming with annotations, pod labels, the labels its
+// Prometheus selects ServiceMonitors by, security contexts without the
+// fixed uid (OpenShift's restricted SCC assigns one), an image registry,
+// and a helm test pod calling the release.
+func TestChartPlatformValues(t *testing.T) {
+	docs := render(t, "", append(append([]string{}, base...), "serviceAccount.name=llm-gw",
+		"serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/x", "podLabels.team=platform",
+		"gateway.serviceMonitor.enabled=true", "gateway.serviceMonitor.labels.release=kube-prometheus-stack",
+		"podSecurityContext.fsGroup=null", "containerSecurityContext.runAsUser=null", "containerSecurityContext.runAsGroup=null",
+		"image.registry=registry.example.com/platform")...)
+	sa := find(t, docs, "ServiceAccount")
+	if get(sa, "metadata", "name") != "llm-gw" || get(sa, "metadata", "annotations", "eks.amazonaws.com/role-arn") == nil ||
+		get(sa, "automountServiceAccountToken") != false {
+		t.Errorf("ServiceAccount: %v", sa)
+	}
+	pod := get(find(t, docs, "Deployment"), "spec", "template").(map[string]any)
+	if get(pod, "spec", "serviceAccountName") != "llm-gw" || get(pod, "metadata", "labels", "team") != "platform" {
+		t.Errorf("pod template: serviceAccountName %v, labels %v", get(pod, "spec", "serviceAccountName"), get(pod, "metadata", "labels"))
+	}
+	if get(pod, "spec", "securityContext", "fsGroup") != nil || get(pod, "spec", "securityContext", "runAsNonRoot") != true {
+		t.Errorf("pod securityContext: %v", get(pod, "spec", "securityContext"))
+	}
+	for _, c := range append(get(pod, "spec", "containers").([]any), get(pod, "spec", "initContainers").([]any)...) {
+		sc := get(c, "securityContext")
+		if get(sc, "runAsUser") != nil || get(sc, "runAsNonRoot") != true || get(sc, "readOnlyRootFilesystem") != true {
+			t.Errorf("%v securityContext: %v", get(c, "name"), sc)
+		}
+		if img := fmt.Sprint(get(c, "image")); get(c, "name") != "envoy" && img != "registry.example.com/platform/aifirewall:0.1.0" {
+			t.Errorf("%v image %s", get(c, "name"), img)
+		}
+	}
+	if get(find(t, docs, "ServiceMonitor"), "metadata", "labels", "release") != "kube-prometheus-stack" {
+		t.Error("the ServiceMonitor lacks the labels Prometheus selects by")
+	}
+	test := find(t, docs, "Pod")
+	if get(test, "metadata", "annotations", "helm.sh/hook") != "test" ||
+		!strings.Contains(fmt.Sprint(get(test, "spec", "containers", 0, "command")), "http://aifirewall:8000/health") {
+		t.Errorf("helm test pod: %v", test)
+	}
+}
+
 // mounts are the names of the volumes c mounts.
 func mounts(c any) map[string]bool {
 	m := map[string]bool{}
@@ -299,7 +341,10 @@ func TestChartRefusesBadValues(t *testing.T) {
 	}{
 		{[]string{"redis.url=redis://r:6379/0"}, "secret.name: name the Secret"},
 		{[]string{"secret.name=s"}, "redis.url: the budgets live in Redis"},
-		{append([]string{"mode=daemon"}, base...), `mode: "daemon" is not gateway, sidecar or extproc`},
+		{append([]string{"mode=daemon"}, base...), `at '/mode': value must be one of 'gateway', 'sidecar', 'extproc'`},
+		{append([]string{"failMod=open"}, base...), `additional properties 'failMod' not allowed`},
+		{append([]string{"failMode=opn"}, base...), `at '/failMode': value must be one of 'closed', 'open'`},
+		{append([]string{"gateway.replicas=-1"}, base...), `at '/gateway/replicas'`},
 		{append([]string{"mode=extproc"}, base...), "extproc: whoever reaches the ext_proc port"},
 		{append([]string{"mode=extproc", "extproc.tls.secretName=x"}, base...), "extproc.tls.allowedClients"},
 		{append([]string{"identityMode=mesh"}, base...), "identityMode: mesh needs the calling workloads' client certificates"},

@@ -117,6 +117,7 @@ func (s *apiServer) do(t *testing.T, method, path string, body []byte) (int, str
 // names (namespaced); installed CRDs add theirs.
 var resources = map[string]string{
 	"v1/ConfigMap": "configmaps", "v1/Service": "services", "v1/Namespace": "namespaces!",
+	"v1/ServiceAccount": "serviceaccounts", "v1/Pod": "pods",
 	"apps/v1/Deployment": "deployments", "policy/v1/PodDisruptionBudget": "poddisruptionbudgets",
 	"autoscaling/v2/HorizontalPodAutoscaler": "horizontalpodautoscalers",
 	"networking.k8s.io/v1/NetworkPolicy":     "networkpolicies",

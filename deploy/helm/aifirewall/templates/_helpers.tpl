@@ -84,12 +84,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "aifirewall.containers" -}}
 {{- $ := .root -}}
 {{- $v := $.Values -}}
-{{- $tag := default $.Chart.AppVersion $v.image.tag -}}
+{{- $image := include "aifirewall.image" $ -}}
 {{- $sec := $v.secret.name -}}
 {{- $listen := ternary "127.0.0.1:8000" "0.0.0.0:8000" .native -}}
 envoyConfig:
   name: envoy-config
-  image: "{{ $v.image.repository }}:{{ $tag }}"
+  image: {{ $image | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
   args: ["envoy-config", "-o", "/etc/envoy/envoy.yaml"]
   env:
@@ -116,7 +116,7 @@ envoyConfig:
     {{- end }}
 aifirewall:
   name: aifirewall
-  image: "{{ $v.image.repository }}:{{ $tag }}"
+  image: {{ $image | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
   {{- if .native }}
   restartPolicy: Always
@@ -258,12 +258,24 @@ envoy:
 {{- end -}}
 
 {{- define "aifirewall.containerSecurity" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities: {drop: [ALL]}
+{{ toYaml .Values.containerSecurityContext }}
+{{- end -}}
+
+{{- define "aifirewall.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.registry -}}
+{{ printf "%s/%s:%s" (trimSuffix "/" .Values.image.registry) .Values.image.repository $tag }}
+{{- else -}}
+{{ printf "%s:%s" .Values.image.repository $tag }}
+{{- end -}}
+{{- end -}}
+
+{{- define "aifirewall.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{ default (include "aifirewall.fullname" .) .Values.serviceAccount.name }}
+{{- else -}}
+{{ default "default" .Values.serviceAccount.name }}
+{{- end -}}
 {{- end -}}
 
 {{- define "aifirewall.volumes" -}}
@@ -292,7 +304,5 @@ capabilities: {drop: [ALL]}
 {{- end -}}
 
 {{- define "aifirewall.podSecurity" -}}
-runAsNonRoot: true
-fsGroup: 65532
-seccompProfile: {type: RuntimeDefault}
+{{ toYaml .Values.podSecurityContext }}
 {{- end -}}
