@@ -219,6 +219,7 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 		s.installCRDs(t, moduleDir(t, "istioctl", "istio.io/istio")+"/manifests/charts/base/files/crd-all.gen.yaml")
 		meshAgainst(t, s, "deploy/istio/llm-egress.yaml", "VirtualService", []any{"spec", "http", 0}, "rewrit")
 		meshAgainst(t, s, "deploy/istio/mesh-sidecars.yaml", "DestinationRule", []any{"spec", "trafficPolicy"}, "portLevelSetings")
+		meshAgainst(t, s, "deploy/istio/registry-only.yaml", "Sidecar", []any{"spec", "outboundTrafficPolicy"}, "mdoe")
 	})
 }
 

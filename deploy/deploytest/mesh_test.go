@@ -151,7 +151,8 @@ func TestIstioctlAcceptsTheEgress(t *testing.T) {
 	istioctl := tool(t, "istioctl")
 	file := filepath.Join(testinfra.RepoRoot(t), "deploy/istio/llm-egress.yaml")
 	sidecars := filepath.Join(testinfra.RepoRoot(t), "deploy/istio/mesh-sidecars.yaml")
-	out, err := exec.Command(istioctl, "validate", "-f", file, "-f", sidecars).CombinedOutput()
+	registryOnly := filepath.Join(testinfra.RepoRoot(t), "deploy/istio/registry-only.yaml")
+	out, err := exec.Command(istioctl, "validate", "-f", file, "-f", sidecars, "-f", registryOnly).CombinedOutput()
 	if err != nil {
 		t.Fatalf("istioctl validate: %v\n%s", err, out)
 	}
@@ -197,7 +198,7 @@ spec:
 			in = filepath.Join(t.TempDir(), "broken.yaml")
 			os.WriteFile(in, []byte(strings.Replace(string(raw), c.from, c.to, 1)), 0o600)
 		}
-		out, _ = exec.Command(istioctl, "analyze", "-A", "--use-kube=false", "--failure-threshold", "Info", in, gw).CombinedOutput()
+		out, _ = exec.Command(istioctl, "analyze", "-A", "--use-kube=false", "--failure-threshold", "Info", in, registryOnly, gw).CombinedOutput()
 		if c.from == "" {
 			// The mesh-wide variant, analysed on its own (it replaces the other).
 			more, _ := exec.Command(istioctl, "analyze", "-A", "--use-kube=false", "--failure-threshold", "Info", sidecars).CombinedOutput()
