@@ -44,9 +44,10 @@ func upstreams(cfg Config) map[string]*Upstream {
 func (r *request) pickUpstream(ctx context.Context, path, routeName string) (*Upstream, string, *apiError) {
 	md, _ := grpcmd.FromIncomingContext(ctx)
 	names, prefixes := md.Get(providers.MetadataProvider), md.Get(providers.MetadataPathPrefix)
+	byRouteName := false
 	if len(names) == 0 {
 		if name, ok := httpRouteName(routeName); ok && r.s.upstreams[name] != nil {
-			names = []string{name}
+			names, byRouteName = []string{name}, true
 		}
 	}
 	var up *Upstream
@@ -71,6 +72,14 @@ func (r *request) pickUpstream(ctx context.Context, path, routeName string) (*Up
 	default:
 		if up = r.s.upstreams[names[0]]; up == nil {
 			return nil, "", misrouted(fmt.Sprintf("the route names provider %q, which the firewall does not know", names[0]))
+		}
+	}
+	if byRouteName && up.PathPrefix != "" && up.PathPrefix != "/" {
+		// Envoy Gateway sends no prefix metadata: an HTTPRoute matching
+		// the provider's path prefix rewrites it away on the way out (after
+		// this filter), so the API path is the rest.
+		if rest, ok := strings.CutPrefix(path, up.PathPrefix); ok && strings.HasPrefix(rest, "/") {
+			path = rest
 		}
 	}
 	if len(prefixes) == 1 {

@@ -142,6 +142,17 @@ func TestEnvoyGatewayRouteNamePicksTheProvider(t *testing.T) {
 	if set := headerSets(send("httproute/aifirewall/b/rule/0/match/0/api_anthropic_com")); set["x-api-key"] != "key-b" {
 		t.Fatalf("route of HTTPRoute b: %v", set)
 	}
+	// A provider with a path prefix, named by its route: the prefix, which
+	// the route rewrites away, is not part of the API path.
+	x := h.open(t)
+	attrs := map[string]*structpb.Struct{"envoy.filters.http.ext_proc": {Fields: map[string]*structpb.Value{
+		"xds.route_name": structpb.NewStringValue("httproute/aifirewall/a/rule/0/match/0/*")}}}
+	resp := x.send(&extprocv3.ProcessingRequest{Attributes: attrs, Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: headersMsg(false, ":method", "POST", ":path", "/a/v1/chat/completions", "authorization", "Bearer k",
+			"content-type", "application/json")}})
+	if set := headerSets(resp); set["authorization"] != "Bearer key-a" {
+		t.Fatalf("route of HTTPRoute a under /a: %v (%v)", set, resp)
+	}
 	for _, route := range []string{"httproute/aifirewall/zzz/rule/0/match/0/*", "provider_b", "httproute/b"} {
 		if st, body := immediateStatus(send(route)); st != 500 || !strings.Contains(body, "gateway_misconfigured") {
 			t.Errorf("route %q: %d %s", route, st, body)

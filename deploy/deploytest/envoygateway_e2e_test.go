@@ -28,13 +28,17 @@ import (
 )
 
 // Envoy Gateway's own translation of deploy/envoy-gateway runs in the real
-// Envoy 1.40 with the real sidecar behind it: a request without a key gets
-// 401, a streamed answer streams and is billed exactly, and the body the
-// firewall rewrites (usage asked for on the client's behalf) reaches the
-// provider whole, with its key; the second provider, by its host, gets its
-// own key, format and price (the route's name tells the firewall which). Envoy Gateway refuses loopback backends, so
-// the provider is named openai.test in the resources and mapped to
-// 127.0.0.1 when the translated xDS is turned into a static configuration.
+// Envoy 1.40 with the real sidecar behind it (no provider key, mutual TLS
+// admitting the gateway's certificate only): workloads call the gateway by
+// a path prefix per provider; a path no route takes gets 404; a request
+// without a key gets 401; a streamed answer streams and is billed exactly,
+// and the body the firewall rewrites (usage asked for on the client's
+// behalf) reaches the provider whole, without the prefix, with the key the
+// gateway puts on; the second provider, by its prefix, gets its own key,
+// format and price (the route's name tells the firewall which). Envoy
+// Gateway refuses loopback backends, so the provider is named openai.test
+// in the resources and mapped to 127.0.0.1 when the translated xDS is turned
+// into a static configuration.
 func TestEnvoyGatewayDataPath(t *testing.T) {
 	egctl := tool(t, "egctl")
 	// One test CA signs the fake providers' certificates, the firewall's
@@ -62,8 +66,8 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 	// key, ext_proc over mutual TLS admitting the gateway's identity only.
 	provs := filepath.Join(t.TempDir(), "providers.yaml")
 	os.WriteFile(provs, []byte(`providers:
-  - {name: openai, format: openai, base_url: "https://openai.test", hosts: [openai.test]}
-  - {name: anthropic, format: anthropic, base_url: "https://anthropic.test", hosts: [anthropic.test]}
+  - {name: openai, format: openai, base_url: "https://openai.test", path_prefix: /openai}
+  - {name: anthropic, format: anthropic, base_url: "https://anthropic.test", path_prefix: /anthropic}
 `), 0o600)
 	side := testenv.StartSidecar(t, "INTERNAL_API_KEY=eg-client-key", "PROVIDERS_FILE="+provs,
 		"REDIS_URL="+rd.URL(), "DAILY_BUDGET_LIMIT=5", "EXTPROC_TLS_CERT_FILE="+pki.CertFile, "EXTPROC_TLS_KEY_FILE="+pki.KeyFile,
@@ -101,8 +105,11 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 	env := testenv.StartEnvoyConfig(t, cfg, port, admin)
 	base := env.URL()
 
-	noKey, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o-mini","messages":[]}`))
-	noKey.Host = "openai.test"
+	// Workloads call the gateway's Service by its in-cluster name, a path
+	// prefix per provider.
+	const gwHost = "llm-egress.aifirewall.svc"
+	noKey, _ := http.NewRequest("POST", base+"/openai/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o-mini","messages":[]}`))
+	noKey.Host = gwHost
 	noKey.Header.Set("content-type", "application/json")
 	resp, err := http.DefaultClient.Do(noKey)
 	if err != nil {
@@ -113,9 +120,19 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 		t.Fatalf("no key: %d, want 401", resp.StatusCode)
 	}
 
-	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(
+	// A path no route takes fails closed at the gateway.
+	stray, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o-mini","messages":[]}`))
+	stray.Host = gwHost
+	stray.Header.Set("authorization", "Bearer eg-client-key")
+	if resp, err := http.DefaultClient.Do(stray); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != 404 {
+		t.Fatalf("a path no route takes: %d, want 404", resp.StatusCode)
+	}
+
+	req, _ := http.NewRequest("POST", base+"/openai/v1/chat/completions", strings.NewReader(
 		`{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello!"}]}`))
-	req.Host = "openai.test"
+	req.Host = gwHost
 	for k, v := range map[string]string{"authorization": "Bearer eg-client-key", "content-type": "application/json",
 		"x-user-id": "eg-user", "x-fake-prompt-tokens": "1000", "x-fake-words": "10"} {
 		req.Header.Set(k, v)
@@ -162,6 +179,9 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 		t.Fatalf("the provider received %d requests", len(got))
 	}
 	r := got[0]
+	if r.Path != "/v1/chat/completions" {
+		t.Fatalf("the provider received path %q: the gateway's prefix must be gone", r.Path)
+	}
 	if !strings.Contains(r.Body, `"include_usage":true`) || !json.Valid([]byte(r.Body)) {
 		t.Fatalf("the provider received %q", r.Body)
 	}
@@ -173,9 +193,9 @@ func TestEnvoyGatewayDataPath(t *testing.T) {
 
 	// The other provider, by its host: its own route, key, format and price
 	// (claude-haiku-4-5: $1 in, $5 out per million tokens).
-	req, _ = http.NewRequest("POST", base+"/v1/messages", strings.NewReader(
+	req, _ = http.NewRequest("POST", base+"/anthropic/v1/messages", strings.NewReader(
 		`{"model":"claude-haiku-4-5","max_tokens":50,"messages":[{"role":"user","content":"Hello!"}]}`))
-	req.Host = "anthropic.test"
+	req.Host = gwHost
 	for k, v := range map[string]string{"x-api-key": "eg-client-key", "content-type": "application/json",
 		"x-user-id": "eg-claude", "x-fake-prompt-tokens": "1000", "x-fake-words": "10"} {
 		req.Header.Set(k, v)

@@ -271,3 +271,44 @@ func TestIstioRoutesNameTheProviders(t *testing.T) {
 		t.Fatalf("route patches %v, want %v (from deploy/istio/values.yaml)", got, want)
 	}
 }
+
+// Envoy Gateway's own chart (the pinned gateway-helm), with the values the
+// README gives, configures the controller to serve the Backend API the
+// egress routes use; without them it does not (its default refuses them).
+func TestEnvoyGatewayValuesEnableBackend(t *testing.T) {
+	src := moduleDir(t, "egctl", "github.com/envoyproxy/gateway") + "/charts/gateway-helm"
+	chart := filepath.Join(t.TempDir(), "gateway-helm")
+	if out, err := exec.Command("cp", "-r", src, chart).CombinedOutput(); err != nil {
+		t.Fatalf("copy the chart: %v %s", err, out)
+	}
+	exec.Command("chmod", "-R", "u+w", chart).Run()
+	// The release process fills in the controller's image.
+	raw, err := os.ReadFile(filepath.Join(chart, "values.tmpl.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals := strings.NewReplacer("${GatewayImage}", "docker.io/envoyproxy/gateway:v1.9.1", "${GatewayImagePullPolicy}", "IfNotPresent").Replace(string(raw))
+	os.WriteFile(filepath.Join(chart, "values.yaml"), []byte(vals), 0o600)
+	ours := filepath.Join(testinfra.RepoRoot(t), "deploy/envoy-gateway/envoy-gateway-values.yaml")
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{{[]string{"-f", ours}, true}, {nil, false}} {
+		args := append([]string{"template", "eg", chart, "-n", "envoy-gateway-system", "--kube-version", kubeVersion}, c.args...)
+		out, err := exec.Command(tool(t, "helm"), args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm template gateway-helm: %v\n%s", err, out)
+		}
+		var cfg map[string]any
+		for _, d := range splitDocs(t, "gateway-helm", string(out)) {
+			if d["kind"] == "ConfigMap" && get(d, "metadata", "name") == "envoy-gateway-config" {
+				if err := yaml.Unmarshal([]byte(get(d, "data", "envoy-gateway.yaml").(string)), &cfg); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if got := get(cfg, "extensionApis", "enableBackend") == true; got != c.want {
+			t.Errorf("values %v: enableBackend %v, want %v (config %v)", c.args, got, c.want, cfg)
+		}
+	}
+}
