@@ -5,12 +5,13 @@ SHELL   := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PKGS    := ./...
 
-.PHONY: help build run demo test test-deploy tools lint bench loadtest soak envoy prices proto fuzz clean
+.PHONY: help build run demo test test-deploy tools lint bench loadtest soak envoy prices proto fuzz clean image
 
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
 help:
 	@echo "build  compile bin/aifirewall and bin/fakellm"
+	@echo "image  the container image as an OCI archive, bin/aifirewall-image.tar, without Docker (IMAGE=name:tag)"
 	@echo "demo   fake upstream + sidecar + Envoy on :8000, no API key needed"
 	@echo "run    sidecar + Envoy on :8000 against the upstream in .env"
 	@echo "test   every test (real Redis and Envoy; CI=true fails instead of skipping)"
@@ -27,6 +28,13 @@ help:
 build:
 	$(GO) build -o bin/aifirewall ./cmd/aifirewall
 	$(GO) build -o bin/fakellm ./cmd/fakellm
+
+# The chart's appVersion is the image's default tag.
+VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' deploy/helm/aifirewall/Chart.yaml)
+IMAGE   ?= aifirewall:$(VERSION)
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-s -w" -o bin/aifirewall-static ./cmd/aifirewall
+	$(GO) run ./cmd/ociimage -binary bin/aifirewall-static -tag $(IMAGE) -o bin/aifirewall-image.tar
 
 demo: build
 	scripts/run-local.sh demo
