@@ -312,3 +312,61 @@ func TestEnvoyGatewayValuesEnableBackend(t *testing.T) {
 		}
 	}
 }
+
+// deploy/istio/llm-egress.yaml is what the chart renders for the egress
+// gateway with deploy/istio/values.yaml, for release aifirewall in
+// namespace aifirewall: the file the other tests check is the chart's
+// output, and the Service it names is the release's.
+func TestIstioFileIsTheChartsOutput(t *testing.T) {
+	root := testinfra.RepoRoot(t)
+	out, err := exec.Command(tool(t, "helm"), "template", "aifirewall", chartDir(t), "--kube-version", kubeVersion, "-n", "aifirewall",
+		"-f", filepath.Join(root, "deploy/istio/values.yaml"), "--set", "secret.name=aifirewall", "--set", "redis.url=redis://redis:6379/0",
+		"--show-only", "templates/istio-egress.yaml").CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm template: %v\n%s", err, out)
+	}
+	var kept []string
+	for _, line := range strings.Split(strings.TrimPrefix(string(out), "---\n"), "\n") {
+		if !strings.HasPrefix(line, "# Source: ") {
+			kept = append(kept, line)
+		}
+	}
+	want := istioFileHeader + strings.TrimRight(strings.Join(kept, "\n"), "\n") + "\n"
+	path := filepath.Join(root, "deploy/istio/llm-egress.yaml")
+	if *update {
+		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Fatalf("%s differs from the chart's output; regenerate it with -update", path)
+	}
+	// A release of another name in another namespace names its own Service.
+	out, err = exec.Command(tool(t, "helm"), "template", "llm-fw", chartDir(t), "--kube-version", kubeVersion, "-n", "platform",
+		"-f", filepath.Join(root, "deploy/istio/values.yaml"), "--set", "secret.name=s", "--set", "redis.url=redis://r:6379/0",
+		"--show-only", "templates/istio-egress.yaml").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "cluster_name: outbound|50051||llm-fw-aifirewall.platform.svc.cluster.local") {
+		t.Fatalf("release llm-fw in namespace platform: %v\n%s", err, out)
+	}
+}
+
+const istioFileHeader = `# The Istio egress gateway's objects for the firewall released as aifirewall
+# in namespace aifirewall with deploy/istio/values.yaml. The chart renders
+# them itself, for any release name and namespace (istio.egressGateway,
+# enabled in those values); this file is that output, for review or
+# kubectl apply, kept equal to it by
+#   go test -tags deploy ./deploy/deploytest -run IstioFileIsTheChartsOutput -update
+# Install:
+#   helm install aifirewall deploy/helm/aifirewall --namespace aifirewall \
+#     -f deploy/istio/values.yaml --set secret.name=aifirewall --set redis.url=...
+#   kubectl apply -f deploy/istio/registry-only.yaml
+# The egress gateway is a dedicated one (istio-llm-egressgateway, e.g.
+# installed with istioctl and an IstioOperator naming it), so that its every
+# request is LLM traffic. A provider more: its entry, with its hosts, in the
+# providers file of the values.
+---
+`

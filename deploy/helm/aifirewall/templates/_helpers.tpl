@@ -36,6 +36,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and (not .Values.extproc.authenticatedByMesh) (or (not $tls.secretName) (not $tls.allowedClients)) -}}
 {{- fail "extproc: whoever reaches the ext_proc port admits requests and names identities; set extproc.tls.secretName and extproc.tls.allowedClients (mutual TLS), or extproc.authenticatedByMesh=true behind Istio's mTLS and the AuthorizationPolicy of deploy/istio" -}}
 {{- end -}}
+{{- if and .Values.istio.egressGateway.enabled (not .Values.providers) -}}
+{{- fail "istio.egressGateway.enabled: the mesh objects are rendered from the providers file; set providers (with hosts for each provider)" -}}
+{{- end -}}
+{{- else if .Values.istio.egressGateway.enabled -}}
+{{- fail "istio.egressGateway.enabled: only mode=extproc serves an Istio egress gateway" -}}
 {{- else if .Values.extproc.sendsProviderKeys -}}
 {{- fail "extproc.sendsProviderKeys: only mode=extproc (Istio's every-sidecar variant) may send provider keys over ext_proc; the chart's Envoy puts them on itself" -}}
 {{- end -}}
