@@ -174,7 +174,8 @@ var matrix = []struct {
 	{"extproc, Envoy Gateway's values", "../envoy-gateway/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
 	{"extproc, Istio's values", "../istio/values.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler " +
 		"AuthorizationPolicy DestinationRule DestinationRule DestinationRule EnvoyFilter Gateway PeerAuthentication ServiceEntry ServiceEntry VirtualService VirtualService Pod"},
-	{"extproc, Istio's every-sidecar values", "../istio/values-mesh-sidecars.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
+	{"extproc, Istio's every-sidecar values", "../istio/values-mesh-sidecars.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler " +
+		"AuthorizationPolicy DestinationRule DestinationRule EnvoyFilter PeerAuthentication ServiceEntry Pod"},
 	{"sidecar", "", []string{"mode=sidecar"}, ""},
 	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},
 	{"sidecar, providers file, example", "testdata/providers-values.yaml", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "ConfigMap Deployment"},
@@ -351,9 +352,9 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{append([]string{"identityMode=mesh"}, base...), "identityMode: mesh needs the calling workloads' client certificates"},
 		{append([]string{"mode=sidecar", "identityMode=mesh"}, base...), "identityMode: mesh needs"},
 		{append([]string{"extproc.sendsProviderKeys=true"}, base...), "extproc.sendsProviderKeys: only mode=extproc"},
-		{append([]string{"istio.egressGateway.enabled=true"}, base...), "istio.egressGateway.enabled: only mode=extproc"},
+		{append([]string{"istio.egressGateway.enabled=true"}, base...), "istio: only mode=extproc"},
 		{append([]string{"mode=extproc", "extproc.authenticatedByMesh=true", "istio.egressGateway.enabled=true"}, base...),
-			"istio.egressGateway.enabled: the mesh objects are rendered from the providers file"},
+			"istio: the mesh objects are rendered from the providers file"},
 	} {
 		if out, err := helm(t, "template", "", c.set...); err == nil || !strings.Contains(out, c.want) {
 			t.Errorf("%v: %v %s", c.set, err, out)

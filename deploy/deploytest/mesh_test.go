@@ -313,53 +313,59 @@ func TestEnvoyGatewayValuesEnableBackend(t *testing.T) {
 	}
 }
 
-// deploy/istio/llm-egress.yaml is what the chart renders for the egress
-// gateway with deploy/istio/values.yaml, for release aifirewall in
-// namespace aifirewall: the file the other tests check is the chart's
-// output, and the Service it names is the release's.
-func TestIstioFileIsTheChartsOutput(t *testing.T) {
+// The Istio files are what the chart renders for release aifirewall in
+// namespace aifirewall with the Istio values (deploy/istio/values.yaml for
+// the egress gateway, values-mesh-sidecars.yaml for every sidecar): the
+// files the other tests check are the chart's output, and the Service they
+// name is the release's.
+func TestIstioFilesAreTheChartsOutput(t *testing.T) {
 	root := testinfra.RepoRoot(t)
-	out, err := exec.Command(tool(t, "helm"), "template", "aifirewall", chartDir(t), "--kube-version", kubeVersion, "-n", "aifirewall",
-		"-f", filepath.Join(root, "deploy/istio/values.yaml"), "--set", "secret.name=aifirewall", "--set", "redis.url=redis://redis:6379/0",
-		"--show-only", "templates/istio-egress.yaml").CombinedOutput()
-	if err != nil {
-		t.Fatalf("helm template: %v\n%s", err, out)
-	}
-	var kept []string
-	for _, line := range strings.Split(strings.TrimPrefix(string(out), "---\n"), "\n") {
-		if !strings.HasPrefix(line, "# Source: ") {
-			kept = append(kept, line)
+	for _, c := range []struct{ values, template, file, header string }{
+		{"deploy/istio/values.yaml", "templates/istio-egress.yaml", "deploy/istio/llm-egress.yaml", istioEgressHeader},
+		{"deploy/istio/values-mesh-sidecars.yaml", "templates/istio-sidecars.yaml", "deploy/istio/mesh-sidecars.yaml", istioSidecarsHeader},
+	} {
+		render := func(release, ns string) string {
+			out, err := exec.Command(tool(t, "helm"), "template", release, chartDir(t), "--kube-version", kubeVersion, "-n", ns,
+				"-f", filepath.Join(root, c.values), "--set", "secret.name=aifirewall", "--set", "redis.url=redis://redis:6379/0",
+				"--show-only", c.template).CombinedOutput()
+			if err != nil {
+				t.Fatalf("helm template %s: %v\n%s", c.template, err, out)
+			}
+			return string(out)
 		}
-	}
-	want := istioFileHeader + strings.TrimRight(strings.Join(kept, "\n"), "\n") + "\n"
-	path := filepath.Join(root, "deploy/istio/llm-egress.yaml")
-	if *update {
-		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+		var kept []string
+		for _, line := range strings.Split(strings.TrimPrefix(render("aifirewall", "aifirewall"), "---\n"), "\n") {
+			if !strings.HasPrefix(line, "# Source: ") {
+				kept = append(kept, line)
+			}
+		}
+		want := c.header + strings.TrimRight(strings.Join(kept, "\n"), "\n") + "\n"
+		path := filepath.Join(root, c.file)
+		if *update {
+			if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != want {
-		t.Fatalf("%s differs from the chart's output; regenerate it with -update", path)
-	}
-	// A release of another name in another namespace names its own Service.
-	out, err = exec.Command(tool(t, "helm"), "template", "llm-fw", chartDir(t), "--kube-version", kubeVersion, "-n", "platform",
-		"-f", filepath.Join(root, "deploy/istio/values.yaml"), "--set", "secret.name=s", "--set", "redis.url=redis://r:6379/0",
-		"--show-only", "templates/istio-egress.yaml").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "cluster_name: outbound|50051||llm-fw-aifirewall.platform.svc.cluster.local") {
-		t.Fatalf("release llm-fw in namespace platform: %v\n%s", err, out)
+		if string(got) != want {
+			t.Errorf("%s differs from the chart's output; regenerate it with -update", path)
+		}
+		// A release of another name in another namespace names its own Service.
+		if out := render("llm-fw", "platform"); !strings.Contains(out, "cluster_name: outbound|50051||llm-fw-aifirewall.platform.svc.cluster.local") {
+			t.Errorf("%s, release llm-fw in namespace platform:\n%s", c.template, out)
+		}
 	}
 }
 
-const istioFileHeader = `# The Istio egress gateway's objects for the firewall released as aifirewall
+const istioEgressHeader = `# The Istio egress gateway's objects for the firewall released as aifirewall
 # in namespace aifirewall with deploy/istio/values.yaml. The chart renders
 # them itself, for any release name and namespace (istio.egressGateway,
 # enabled in those values); this file is that output, for review or
 # kubectl apply, kept equal to it by
-#   go test -tags deploy ./deploy/deploytest -run IstioFileIsTheChartsOutput -update
+#   go test -tags deploy ./deploy/deploytest -run IstioFilesAreTheChartsOutput -update
 # Install:
 #   helm install aifirewall deploy/helm/aifirewall --namespace aifirewall \
 #     -f deploy/istio/values.yaml --set secret.name=aifirewall --set redis.url=...
@@ -368,5 +374,18 @@ const istioFileHeader = `# The Istio egress gateway's objects for the firewall r
 # installed with istioctl and an IstioOperator naming it), so that its every
 # request is LLM traffic. A provider more: its entry, with its hosts, in the
 # providers file of the values.
+---
+`
+
+const istioSidecarsHeader = `# Every sidecar's objects for the firewall released as aifirewall in
+# namespace aifirewall with deploy/istio/values-mesh-sidecars.yaml, instead
+# of the egress gateway (llm-egress.yaml; one or the other). The chart
+# renders them itself, for any release name and namespace
+# (istio.meshSidecars, enabled in those values); this file is that output,
+# for review or kubectl apply, kept equal to it by
+#   go test -tags deploy ./deploy/deploytest -run IstioFilesAreTheChartsOutput -update
+# Install:
+#   helm install aifirewall deploy/helm/aifirewall --namespace aifirewall \
+#     -f deploy/istio/values-mesh-sidecars.yaml --set secret.name=aifirewall --set redis.url=...
 ---
 `

@@ -36,11 +36,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and (not .Values.extproc.authenticatedByMesh) (or (not $tls.secretName) (not $tls.allowedClients)) -}}
 {{- fail "extproc: whoever reaches the ext_proc port admits requests and names identities; set extproc.tls.secretName and extproc.tls.allowedClients (mutual TLS), or extproc.authenticatedByMesh=true behind Istio's mTLS and the AuthorizationPolicy of deploy/istio" -}}
 {{- end -}}
-{{- if and .Values.istio.egressGateway.enabled (not .Values.providers) -}}
-{{- fail "istio.egressGateway.enabled: the mesh objects are rendered from the providers file; set providers (with hosts for each provider)" -}}
+{{- if and (or .Values.istio.egressGateway.enabled .Values.istio.meshSidecars.enabled) (not .Values.providers) -}}
+{{- fail "istio: the mesh objects are rendered from the providers file; set providers (with hosts for each provider)" -}}
 {{- end -}}
-{{- else if .Values.istio.egressGateway.enabled -}}
-{{- fail "istio.egressGateway.enabled: only mode=extproc serves an Istio egress gateway" -}}
+{{- if and .Values.istio.egressGateway.enabled .Values.istio.meshSidecars.enabled -}}
+{{- fail "istio: egressGateway and meshSidecars are two ways to put the firewall in front of workloads; enable one" -}}
+{{- end -}}
+{{- if and .Values.istio.meshSidecars.enabled (not .Values.istio.meshSidecars.clientNamespaces) -}}
+{{- fail "istio.meshSidecars.clientNamespaces: name the namespaces whose workloads call providers (the only ones the firewall answers; they can obtain the provider keys)" -}}
+{{- end -}}
+{{- else if or .Values.istio.egressGateway.enabled .Values.istio.meshSidecars.enabled -}}
+{{- fail "istio: only mode=extproc serves Istio's proxies" -}}
 {{- else if .Values.extproc.sendsProviderKeys -}}
 {{- fail "extproc.sendsProviderKeys: only mode=extproc (Istio's every-sidecar variant) may send provider keys over ext_proc; the chart's Envoy puts them on itself" -}}
 {{- end -}}
@@ -310,4 +316,30 @@ envoy:
 
 {{- define "aifirewall.podSecurity" -}}
 {{ toYaml .Values.podSecurityContext }}
+{{- end -}}
+
+{{/* The ext_proc filter Istio's proxies run, calling this release's Service: the settings of the generated configuration (a test holds them equal). */}}
+{{- define "aifirewall.istioExtProc" -}}
+"@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+grpc_service:
+  envoy_grpc:
+    cluster_name: outbound|50051||{{ include "aifirewall.fullname" . }}.{{ .Release.Namespace }}.svc.cluster.local
+failure_mode_allow: false
+processing_mode:
+  request_header_mode: SEND
+  request_body_mode: BUFFERED
+  request_trailer_mode: SKIP
+  response_header_mode: SEND
+  response_body_mode: STREAMED
+  response_trailer_mode: SKIP
+allow_mode_override: true
+allow_content_length_header: true
+message_timeout: 10s
+max_message_timeout: 30s
+status_on_error: {code: ServiceUnavailable}
+stat_prefix: aifirewall
+request_attributes: [connection.uri_san_peer_certificate]
+metadata_options:
+  receiving_namespaces:
+    untyped: [aifirewall]
 {{- end -}}
