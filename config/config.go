@@ -93,11 +93,15 @@ type Config struct {
 	EnvoyExtProcKey    string `env:"ENVOY_EXTPROC_TLS_KEY_FILE"`
 	EnvoyExtProcCA     string `env:"ENVOY_EXTPROC_TLS_CA_FILE"`
 	EnvoyExtProcServer string `env:"ENVOY_EXTPROC_TLS_SERVER_NAME"`
-	EnvoyTLSCert       string `env:"ENVOY_TLS_CERT_FILE"`
-	EnvoyTLSKey        string `env:"ENVOY_TLS_KEY_FILE"`
-	EnvoyClientCA      string `env:"ENVOY_CLIENT_CA_FILE"`
-	EnvoyListenAddr    string `env:"ENVOY_LISTEN_ADDR" envDefault:"0.0.0.0:8000"`
-	EnvoyAdminAddr     string `env:"ENVOY_ADMIN_ADDR" envDefault:"127.0.0.1:9901"`
+	// ENVOY_MAX_*: what one Envoy holds open (envoy.Limits); 0: the defaults.
+	EnvoyMaxStreams     uint32 `env:"ENVOY_MAX_STREAMS" envDefault:"10000"`
+	EnvoyMaxConnections uint64 `env:"ENVOY_MAX_DOWNSTREAM_CONNECTIONS" envDefault:"10000"`
+	EnvoyMaxHeapBytes   uint64 `env:"ENVOY_MAX_HEAP_BYTES" envDefault:"0"`
+	EnvoyTLSCert        string `env:"ENVOY_TLS_CERT_FILE"`
+	EnvoyTLSKey         string `env:"ENVOY_TLS_KEY_FILE"`
+	EnvoyClientCA       string `env:"ENVOY_CLIENT_CA_FILE"`
+	EnvoyListenAddr     string `env:"ENVOY_LISTEN_ADDR" envDefault:"0.0.0.0:8000"`
+	EnvoyAdminAddr      string `env:"ENVOY_ADMIN_ADDR" envDefault:"127.0.0.1:9901"`
 	// ENVOY_HEALTH_ADDR: a listener serving only GET /ready (probes).
 	EnvoyHealthAddr string `env:"ENVOY_HEALTH_ADDR"`
 	ExtProcAddr     string `env:"EXTPROC_ADDR" envDefault:"127.0.0.1:50051"`

@@ -68,6 +68,8 @@ type Options struct {
 	// TLS: Envoy's client certificate, the CA that signed the sidecar's, and
 	// the DNS name the sidecar's certificate must carry (its SNI too).
 	ExtProcTLS struct{ CertFile, KeyFile, CAFile, ServerName string }
+	// Limits bound the open streams and connections (zero: the defaults).
+	Limits Limits
 	// WithoutFirewall leaves the ext_proc filter out: a plain proxy, for
 	// benchmarks that measure what the sidecar adds.
 	WithoutFirewall bool
@@ -134,12 +136,16 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 		}
 		listeners, clusters = append(listeners, lis), append(clusters, c)
 	}
-	return &bootstrapv3.Bootstrap{
+	b := &bootstrapv3.Bootstrap{
 		// SDS (provider keys) needs a node to name.
 		Node:            &corev3.Node{Id: "aifirewall", Cluster: "aifirewall"},
 		Admin:           &bootstrapv3.Admin{Address: admin},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Listeners: listeners, Clusters: clusters},
-	}, nil
+	}
+	if err := applyLimits(b, o.Limits); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) {

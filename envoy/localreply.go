@@ -37,6 +37,11 @@ func localReplies(maxBody uint32) *hcmv3.LocalReplyConfig {
 		mapper(and(status(503), upstreamFailed()),
 			"the LLM provider could not be reached from this gateway (connection or TLS failure), so the request was not sent and nothing was billed; retry shortly, and tell your gateway operator if it persists",
 			"service_unavailable", "provider_unreachable"),
+		// A circuit breaker is open: this Envoy holds as many streams as it
+		// is configured for (Limits.MaxStreams).
+		withRetryAfter(mapper(and(status(503), responseFlags("UO")),
+			"this gateway is carrying as many open requests as it is configured for, so the request was not sent and nothing was billed; retry shortly (more replicas or a higher ENVOY_MAX_STREAMS lift the limit)",
+			"service_unavailable", "gateway_at_capacity")),
 		mapper(and(status(503), notFromSidecar),
 			"the AI firewall could not check this request (its sidecar is unreachable), so it was not forwarded; retry shortly, and tell your gateway operator if it persists",
 			"service_unavailable", "firewall_unavailable"),
@@ -54,9 +59,19 @@ func status(code uint32) *accesslogv3.AccessLogFilter {
 // upstreamFailed matches Envoy's response flags for a provider it could not
 // connect to (UF, which covers TLS handshakes and certificate checks) or
 // had no healthy host for (UH).
-func upstreamFailed() *accesslogv3.AccessLogFilter {
+func upstreamFailed() *accesslogv3.AccessLogFilter { return responseFlags("UF", "UH") }
+
+func responseFlags(flags ...string) *accesslogv3.AccessLogFilter {
 	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
-		ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{"UF", "UH"}}}}
+		ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: flags}}}
+}
+
+func withRetryAfter(m *hcmv3.ResponseMapper) *hcmv3.ResponseMapper {
+	m.HeadersToAdd = []*corev3.HeaderValueOption{{
+		Header:       &corev3.HeaderValue{Key: "retry-after", Value: "1"},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}}
+	return m
 }
 
 func and(f ...*accesslogv3.AccessLogFilter) *accesslogv3.AccessLogFilter {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
+	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/internal/testenv"
 	"github.com/aifirewall/aifirewall/internal/testinfra"
 	"github.com/aifirewall/aifirewall/providers"
@@ -75,6 +76,23 @@ func TestProvidersFileEnvoyConfig(t *testing.T) {
 			}
 			sni[c.GetName()] = u.GetSni()
 		}
+	}
+	// Every cluster lets DefaultMaxStreams streams run (the sidecar's twice
+	// as many), not Envoy's 1,024, and the overload manager bounds client
+	// connections.
+	for _, c := range b.GetStaticResources().GetClusters() {
+		th := c.GetCircuitBreakers().GetThresholds()
+		want := uint32(envoy.DefaultMaxStreams)
+		if c.GetName() == "aifirewall_extproc" {
+			want *= 2
+		}
+		if len(th) != 1 || th[0].GetMaxRequests().GetValue() != want || th[0].GetMaxConnections().GetValue() != want ||
+			th[0].GetMaxPendingRequests().GetValue() != want/8 {
+			t.Errorf("%s circuit breakers: %v", c.GetName(), th)
+		}
+	}
+	if m := b.GetOverloadManager().GetResourceMonitors(); len(m) != 1 || m[0].GetName() != "envoy.resource_monitors.global_downstream_max_connections" {
+		t.Errorf("overload manager: %v", b.GetOverloadManager())
 	}
 	want := map[string]string{"provider_openai": "api.openai.com", "provider_anthropic": "api.anthropic.com", "provider_openrouter": "openrouter.ai"}
 	for k, v := range want {

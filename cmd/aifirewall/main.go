@@ -101,6 +101,8 @@ func envoyConfig(cfg *config.Config, args []string) error {
 		ListenAddr: cfg.EnvoyListenAddr, AdminAddr: cfg.EnvoyAdminAddr, HealthAddr: cfg.EnvoyHealthAddr, ExtProcAddr: cfg.ExtProcAddr,
 		UpstreamURL: cfg.UpstreamBaseURL, UpstreamKind: cfg.Provider, MaxBodyBytes: cfg.MaxBodyBytes, CACertFile: *ca,
 		SecretDir: *sds,
+		Limits: envoy.Limits{MaxStreams: cfg.EnvoyMaxStreams, MaxDownstreamConnections: cfg.EnvoyMaxConnections,
+			MaxHeapBytes: cfg.EnvoyMaxHeapBytes},
 	}
 	if cfg.Providers != nil {
 		o.Providers = cfg.Providers.Providers

@@ -112,6 +112,12 @@ envoyConfig:
       value: 127.0.0.1:9901
     - name: ENVOY_HEALTH_ADDR
       value: 0.0.0.0:9902
+    - name: ENVOY_MAX_STREAMS
+      value: {{ $v.envoyLimits.maxStreams | int64 | quote }}
+    - name: ENVOY_MAX_DOWNSTREAM_CONNECTIONS
+      value: {{ $v.envoyLimits.maxDownstreamConnections | int64 | quote }}
+    - name: ENVOY_MAX_HEAP_BYTES
+      value: {{ $v.envoyLimits.maxHeapBytes | int64 | quote }}
     {{- include "aifirewall.routingEnv" $ | nindent 4 }}
     {{- include "aifirewall.keyEnv" $ | nindent 4 }}
   securityContext: {{- include "aifirewall.containerSecurity" $ | nindent 4 }}
