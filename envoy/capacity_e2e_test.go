@@ -56,6 +56,7 @@ func TestMoreThanEnvoysDefaultOpenStreams(t *testing.T) {
 	s := testenv.StartStack(t, testenv.StackOptions{Limit: "1000", Env: []string{"LOG_LEVEL=warn"}})
 	// A stream Envoy queued instead would fail at the timeout, not hang.
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}, Timeout: time.Minute}
+	t.Cleanup(client.CloseIdleConnections)
 	type held struct {
 		br *bufio.Reader
 		c  io.Closer
@@ -101,6 +102,7 @@ func TestCircuitBreakerAnswersAtCapacity(t *testing.T) {
 	const limit, waiting = 20, 16
 	s := testenv.StartStack(t, testenv.StackOptions{Envoy: envoy.Options{Limits: envoy.Limits{MaxStreams: limit}}})
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4 * limit}}
+	t.Cleanup(client.CloseIdleConnections)
 	var closers []io.Closer
 	var readers []*bufio.Reader
 	for range limit {

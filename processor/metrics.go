@@ -19,6 +19,7 @@ type Metrics struct {
 	phase       *prometheus.HistogramVec
 	storeErrors *prometheus.CounterVec
 	open        prometheus.Gauge
+	streams     prometheus.Gauge
 	distrust    prometheus.Counter
 	swaps       prometheus.Counter
 	panics      prometheus.Counter
@@ -65,6 +66,11 @@ func NewMetrics(reg prometheus.Registerer, perUser bool) *Metrics {
 		open: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "aifirewall_reservations_open", Help: "Requests admitted by this sidecar whose reservation is not settled yet.",
 		}),
+		// What to scale on: open streams cost memory and connections, not
+		// CPU, so a CPU autoscaler never sees them.
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aifirewall_streams_open", Help: "ext_proc streams open on this sidecar: the requests its Envoy is carrying, streamed answers included.",
+		}),
 		distrust: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aifirewall_upstream_usage_rejected_total", Help: "Responses whose usage report held a number out of range, billed from local counts instead.",
 		}),
@@ -75,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer, perUser bool) *Metrics {
 			Name: "aifirewall_request_panics_total", Help: "Requests failed by a panic in the sidecar (settled at their estimate).",
 		}),
 	}
-	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open, m.distrust, m.swaps, m.panics)
+	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open, m.streams, m.distrust, m.swaps, m.panics)
 	if perUser {
 		m.userCost = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aifirewall_user_cost_usd_total", Help: "Spend billed, in USD, by user (METRICS_PER_USER).",
@@ -100,6 +106,12 @@ func (m *Metrics) observePhase(phase string, start time.Time) {
 func (m *Metrics) storeError(op string) {
 	if m != nil {
 		m.storeErrors.WithLabelValues(op).Inc()
+	}
+}
+
+func (m *Metrics) stream(delta float64) {
+	if m != nil {
+		m.streams.Add(delta)
 	}
 }
 

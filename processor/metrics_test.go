@@ -60,3 +60,30 @@ func TestMetricsDecisionsAndUnpricedModels(t *testing.T) {
 		}
 	}
 }
+
+// aifirewall_streams_open counts the ext_proc streams open now: what to
+// scale on, since idle streams cost no CPU.
+func TestStreamsOpenGauge(t *testing.T) {
+	h := newHarness(t, nil)
+	m := NewMetrics(prometheus.NewRegistry(), false)
+	h.srv.WithMetrics(m)
+	var open []*exchange
+	for i := range 3 {
+		x := h.open(t)
+		x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json",
+			"x-request-id", string(rune('a'+i)))
+		open = append(open, x)
+	}
+	if got := testutil.ToFloat64(m.streams); got != 3 {
+		t.Fatalf("streams open = %v, want 3", got)
+	}
+	for _, x := range open {
+		x.stream.CloseSend()
+		x.stream.Recv() // the server's end of the stream
+	}
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(m.streams) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("streams open after they closed = %v", testutil.ToFloat64(m.streams))
+		}
+	}
+}

@@ -102,6 +102,8 @@ func (s *Server) WithMetrics(m *Metrics) *Server {
 // handling fails this request alone (its stream ends with an error, which
 // Envoy turns into a failed request) and never the process.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err error) {
+	s.metrics.stream(1)
+	defer s.metrics.stream(-1)
 	r := &request{s: s, log: s.log}
 	defer func() {
 		if !r.guard(r.finish) && err == nil {

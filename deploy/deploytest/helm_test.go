@@ -162,6 +162,8 @@ var matrix = []struct {
 	kinds string
 }{
 	{"gateway defaults", "", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
+	{"gateway, scaling on open streams", "", []string{"gateway.autoscaling.openStreamsPerPod=5000"},
+		"NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
 	{"gateway, providers file", "testdata/providers-values.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
 	{"gateway, fixed replicas, no policy objects, ServiceMonitor, Redis CA", "",
 		[]string{"gateway.autoscaling.enabled=false", "gateway.replicas=3", "gateway.networkPolicy.enabled=false",

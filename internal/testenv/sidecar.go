@@ -72,21 +72,30 @@ type Sidecar struct {
 // minimal environment; listen addresses are chosen here.
 func StartSidecar(t testing.TB, env ...string) *Sidecar {
 	t.Helper()
-	s := &Sidecar{t: t,
-		GRPCAddr:  fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t)),
-		AdminAddr: fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t)),
+	s := &Sidecar{t: t}
+	spool := filepath.Join(t.TempDir(), "spool", "settlements.jsonl")
+	// A port found free can be taken before the sidecar, which loads its
+	// tokenizer first, binds it (another test's outgoing connection): then
+	// it starts again on new ports.
+	for attempt := 1; ; attempt++ {
+		s.GRPCAddr = fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
+		s.AdminAddr = fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
+		s.env = append([]string{
+			"PATH=" + os.Getenv("PATH"),
+			"ENV_FILE=/nonexistent", // never pick up a developer's .env
+			"LISTEN_ADDR=" + s.GRPCAddr,
+			"ADMIN_ADDR=" + s.AdminAddr,
+			"LOG_LEVEL=debug",
+			"SHUTDOWN_TIMEOUT=10s",
+			// Survives restarts of this sidecar, like a volume would.
+			"SPOOL_FILE=" + spool,
+		}, env...)
+		if err := s.start(); err == nil {
+			break
+		} else if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
 	}
-	s.env = append([]string{
-		"PATH=" + os.Getenv("PATH"),
-		"ENV_FILE=/nonexistent", // never pick up a developer's .env
-		"LISTEN_ADDR=" + s.GRPCAddr,
-		"ADMIN_ADDR=" + s.AdminAddr,
-		"LOG_LEVEL=debug",
-		"SHUTDOWN_TIMEOUT=10s",
-		// Survives restarts of this sidecar, like a volume would.
-		"SPOOL_FILE=" + filepath.Join(t.TempDir(), "spool", "settlements.jsonl"),
-	}, env...)
-	s.Start()
 	t.Cleanup(func() {
 		s.Kill()
 		if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
@@ -102,11 +111,17 @@ func StartSidecar(t testing.TB, env ...string) *Sidecar {
 // Start (re)starts the process and waits for /healthz.
 func (s *Sidecar) Start() {
 	s.t.Helper()
+	if err := s.start(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *Sidecar) start() error {
 	s.cmd = exec.Command(SidecarBinary(s.t))
 	s.cmd.Env = s.env
 	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
 	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("start sidecar: %v", err)
+		return fmt.Errorf("start sidecar: %w", err)
 	}
 	s.exited = make(chan error, 1)
 	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(s.cmd, s.exited)
@@ -115,15 +130,16 @@ func (s *Sidecar) Start() {
 		resp, err := http.Get("http://" + s.AdminAddr + "/healthz")
 		if err == nil {
 			resp.Body.Close()
-			return
+			return nil
 		}
 		select {
 		case err := <-s.exited:
-			s.t.Fatalf("sidecar exited at start: %v\n%s", err, testinfra.Tail(s.log.String(), 20))
+			s.cmd = nil
+			return fmt.Errorf("sidecar exited at start: %v\n%s", err, testinfra.Tail(s.log.String(), 20))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	s.t.Fatalf("sidecar not healthy after 20s:\n%s", testinfra.Tail(s.log.String(), 20))
+	return fmt.Errorf("sidecar not healthy after 20s:\n%s", testinfra.Tail(s.log.String(), 20))
 }
 
 // Terminate sends SIGTERM and waits for the exit; it returns the exit error.
