@@ -43,7 +43,7 @@ func sidecarGauge(t *testing.T, s *testenv.Stack, name string) float64 {
 
 // sidecarMetric reads one series (its name and labels as /metrics writes
 // them) from the sidecar's /metrics, and whether it is there.
-func sidecarMetric(t *testing.T, s *testenv.Stack, series string) (float64, bool) {
+func sidecarMetric(t testing.TB, s *testenv.Stack, series string) (float64, bool) {
 	t.Helper()
 	resp, err := http.Get("http://" + s.Sidecar.AdminAddr + "/metrics")
 	if err != nil {

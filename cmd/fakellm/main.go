@@ -15,6 +15,8 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:18080", "listen address")
 	flag.Parse()
 	log.Printf("fake LLM upstream on http://%s", *addr)
-	srv := &http.Server{Addr: *addr, Handler: &fakellm.Server{}, ReadHeaderTimeout: 5 * time.Second}
+	// Nothing reads what it received: keep no copy (load tests hold
+	// thousands of streams).
+	srv := &http.Server{Addr: *addr, Handler: &fakellm.Server{NoRecord: true}, ReadHeaderTimeout: 5 * time.Second}
 	log.Fatal(srv.ListenAndServe())
 }

@@ -38,7 +38,10 @@ type StackOptions struct {
 	Env          []string // more sidecar settings
 	Envoy        envoy.Options
 	Upstream     *fakellm.Server // nil: a new one
-	UnixSocket   bool            // ext_proc over a Unix socket instead of loopback TCP
+	// UpstreamURL, when set, is an upstream running elsewhere (a
+	// FakeProvider process); Upstream is unused.
+	UpstreamURL string
+	UnixSocket  bool // ext_proc over a Unix socket instead of loopback TCP
 	// ProvidersFile, when set, configures the upstreams (PROVIDERS_FILE)
 	// for the sidecar and Envoy alike; Upstream and UpstreamPath are unused.
 	ProvidersFile string
@@ -77,13 +80,17 @@ func StartStack(t testing.TB, o StackOptions) *Stack {
 		o.Envoy.Providers = f.Providers
 		secrets = providerKeys(t, f.Providers, envoyEnv)
 	} else {
-		if o.Upstream == nil {
-			o.Upstream = &fakellm.Server{}
+		if o.UpstreamURL != "" {
+			s.UpstreamURL = o.UpstreamURL + o.UpstreamPath
+		} else {
+			if o.Upstream == nil {
+				o.Upstream = &fakellm.Server{}
+			}
+			s.Upstream = o.Upstream
+			up := httptest.NewServer(s.Upstream)
+			t.Cleanup(up.Close)
+			s.UpstreamURL = up.URL + o.UpstreamPath
 		}
-		s.Upstream = o.Upstream
-		up := httptest.NewServer(s.Upstream)
-		t.Cleanup(up.Close)
-		s.UpstreamURL = up.URL + o.UpstreamPath
 		env = append(env, "UPSTREAM_BASE_URL="+s.UpstreamURL, "UPSTREAM_PROVIDER=openai")
 		// Envoy holds the key; the sidecar does not have it.
 		envoyEnv = append(envoyEnv, "UPSTREAM_API_KEY="+UpstreamKey)
