@@ -165,18 +165,12 @@ func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) 
 	if !o.WithoutFirewall {
 		filters = append(filters, &hcmv3.HttpFilter{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}})
 	}
-	creds, names, err := credentialFilters(o, ups)
+	// After ext_proc: the sidecar never sees the key it would remove.
+	creds, err := credentialFilters(o, ups)
 	if err != nil {
 		return nil, err
 	}
-	if len(creds) > 0 && o.SecretDir == "" {
-		return nil, errNoSecretDir
-	}
-	for i, c := range creds {
-		// After ext_proc: the sidecar never sees the key it would remove.
-		filters = append(filters, &hcmv3.HttpFilter{Name: names[i], Disabled: true,
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: c}})
-	}
+	filters = append(filters, creds...)
 	filters = append(filters, &hcmv3.HttpFilter{Name: "envoy.filters.http.router",
 		// x-envoy-* headers would tell the provider about this proxy.
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{SuppressEnvoyHeaders: true})}})

@@ -19,7 +19,7 @@ import (
 
 // heldStream opens a streamed chat request that the fake provider holds
 // open after its first word, at gate; it returns the status and, for a 200,
-// a reader positioned after that word.
+// a reader positioned after that word and the body to close.
 func heldStream(client *http.Client, s *testenv.Stack, user, gate string) (int, *bufio.Reader, io.Closer, error) {
 	req, _ := http.NewRequest("POST", s.Envoy.URL()+"/v1/chat/completions", strings.NewReader(cappedBody))
 	req.Header.Set("authorization", "Bearer "+testenv.ClientKey)
@@ -31,9 +31,8 @@ func heldStream(client *http.Client, s *testenv.Stack, user, gate string) (int, 
 		return 0, nil, nil, err
 	}
 	if resp.StatusCode != 200 {
-		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		return resp.StatusCode, bufio.NewReader(strings.NewReader(string(b))), nil, nil
+		return resp.StatusCode, nil, nil, nil
 	}
 	br := bufio.NewReader(resp.Body)
 	for {

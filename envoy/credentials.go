@@ -9,6 +9,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	credv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/credential_injector/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	genericv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/injected_credentials/generic/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -52,12 +53,14 @@ func credentialHeader(k provider.Kind) (header, prefix string) {
 }
 
 // credentialFilters are the injectors, disabled unless a route enables one.
-func credentialFilters(o Options, ups []providers.Provider) ([]*anypb.Any, []string, error) {
-	var filters []*anypb.Any
-	var names []string
+func credentialFilters(o Options, ups []providers.Provider) ([]*hcmv3.HttpFilter, error) {
+	var filters []*hcmv3.HttpFilter
 	for _, p := range ups {
 		if !hasKey(p) {
 			continue
+		}
+		if o.SecretDir == "" {
+			return nil, errors.New("provider keys need SecretDir: the directory Envoy reads their SDS files from")
 		}
 		header, prefix := credentialHeader(p.Kind)
 		gen, err := anypb.New(&genericv3.Generic{
@@ -71,7 +74,7 @@ func credentialFilters(o Options, ups []providers.Provider) ([]*anypb.Any, []str
 			}},
 		})
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		f, err := anypb.New(&credv3.CredentialInjector{
 			// The client's own credential was removed by the sidecar;
@@ -81,11 +84,12 @@ func credentialFilters(o Options, ups []providers.Provider) ([]*anypb.Any, []str
 				Name: "envoy.http.injected_credentials.generic", TypedConfig: gen},
 		})
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		filters, names = append(filters, f), append(names, credentialFilter(p))
+		filters = append(filters, &hcmv3.HttpFilter{Name: credentialFilter(p), Disabled: true,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: f}})
 	}
-	return filters, names, nil
+	return filters, nil
 }
 
 func secretName(p providers.Provider) string { return "provider-key-" + p.Name }
@@ -150,5 +154,3 @@ func CheckKeys(o Options) error {
 	}
 	return nil
 }
-
-var errNoSecretDir = errors.New("provider keys need SecretDir: the directory Envoy reads their SDS files from")

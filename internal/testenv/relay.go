@@ -113,7 +113,7 @@ func (r *Relay) Process(down extprocv3.ExternalProcessor_ProcessServer) error {
 				errc <- err
 				return
 			}
-			r.inspect("reply", resp)
+			r.inspect(resp)
 			if err := down.Send(resp); err != nil {
 				errc <- err
 				return
@@ -143,15 +143,14 @@ func (r *Relay) Process(down extprocv3.ExternalProcessor_ProcessServer) error {
 	return nil
 }
 
-func (r *Relay) inspect(kind string, m proto.Message) {
-	// kind names the message in the failure.
+func (r *Relay) inspect(m proto.Message) {
 	b, _ := proto.Marshal(m)
 	r.mu.Lock()
 	r.seen++
 	r.mu.Unlock()
 	for _, s := range r.secrets {
 		if bytes.Contains(b, s) {
-			r.t.Errorf("an ext_proc %s carries a provider key (%d bytes of it)", kind, len(s))
+			r.t.Errorf("an ext_proc reply carries a provider key (%d bytes of it)", len(s))
 		}
 	}
 }
