@@ -61,18 +61,11 @@ func StartEnvoy(t testing.TB, upstreamURL, extProcAddr string) *Envoy {
 // is added to Envoy's environment: the provider keys it reads.
 func StartEnvoyWith(t testing.TB, o envoy.Options, env ...string) *Envoy {
 	t.Helper()
-	port, admin := testinfra.FreePort(t), testinfra.FreePort(t)
-	o.ListenAddr = fmt.Sprintf("127.0.0.1:%d", port)
-	o.AdminAddr = fmt.Sprintf("127.0.0.1:%d", admin)
 	if o.MaxBodyBytes == 0 {
 		o.MaxBodyBytes = 1 << 20
 	}
 	if o.SecretDir == "" {
 		o.SecretDir = t.TempDir()
-	}
-	cfg, err := envoy.YAML(o)
-	if err != nil {
-		t.Fatal(err)
 	}
 	files, err := envoy.SecretFiles(o)
 	if err != nil {
@@ -83,7 +76,25 @@ func StartEnvoyWith(t testing.TB, o envoy.Options, env ...string) *Envoy {
 			t.Fatal(err)
 		}
 	}
-	return StartEnvoyConfig(t, cfg, port, admin, env...)
+	// A port found free can still be bound by another test binary before
+	// Envoy binds it: then Envoy starts again on new ports.
+	for attempt := 1; ; attempt++ {
+		port, admin := testinfra.FreePort(t), testinfra.FreePort(t)
+		o.ListenAddr = fmt.Sprintf("127.0.0.1:%d", port)
+		o.AdminAddr = fmt.Sprintf("127.0.0.1:%d", admin)
+		cfg, err := envoy.YAML(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := startEnvoy(t, cfg, port, admin, env)
+		if err == nil {
+			return e
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "Address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("envoy: %v; starting again on new ports", firstLine(err))
+	}
 }
 
 // StartEnvoyConfig runs envoy with a configuration written elsewhere (JSON
@@ -91,39 +102,65 @@ func StartEnvoyWith(t testing.TB, o envoy.Options, env ...string) *Envoy {
 // env is added to its environment.
 func StartEnvoyConfig(t testing.TB, cfg []byte, port, admin int, env ...string) *Envoy {
 	t.Helper()
+	e, err := startEnvoy(t, cfg, port, admin, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// startEnvoy runs envoy and waits for it to be ready; the error says why it
+// is not, with its output, and the process is gone by then.
+func startEnvoy(t testing.TB, cfg []byte, port, admin int, env []string) (*Envoy, error) {
+	t.Helper()
 	bin := EnvoyBinary(t)
 	e := &Envoy{Port: port, AdminPort: admin}
 	path := filepath.Join(t.TempDir(), "envoy.yaml")
 	if err := os.WriteFile(path, cfg, 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	e.cmd = exec.Command(bin, "-c", path, "--disable-hot-restart", "-l", "warning",
 		"--base-id", fmt.Sprint(e.AdminPort))
 	e.cmd.Stdout, e.cmd.Stderr = &e.log, &e.log
 	e.cmd.Env = append(os.Environ(), env...)
 	if err := e.cmd.Start(); err != nil {
-		t.Fatalf("start envoy: %v", err)
+		return nil, fmt.Errorf("start envoy: %w", err)
 	}
-	t.Cleanup(func() {
+	exited := make(chan struct{})
+	go func() { _ = e.cmd.Wait(); close(exited) }()
+	stop := func() {
 		_ = e.cmd.Process.Kill()
-		_ = e.cmd.Wait()
-		if t.Failed() {
-			t.Logf("envoy output (tail):\n%s", testinfra.Tail(e.log.String(), 30))
-		}
-	})
+		<-exited
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("envoy exited before it was ready:\n%s", testinfra.Tail(e.log.String(), 30))
+		default:
+		}
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/ready", e.AdminPort))
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return e
+				t.Cleanup(func() {
+					stop()
+					if t.Failed() {
+						t.Logf("envoy output (tail):\n%s", testinfra.Tail(e.log.String(), 30))
+					}
+				})
+				return e, nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("envoy not ready after 30s:\n%s", testinfra.Tail(e.log.String(), 30))
-	return nil
+	stop()
+	return nil, fmt.Errorf("envoy not ready after 30s:\n%s", testinfra.Tail(e.log.String(), 30))
+}
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
 }
 
 // AccessLog is what envoy printed (its access log goes to stdout).

@@ -6,6 +6,7 @@ package testinfra
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -26,15 +27,46 @@ func Missing(t testing.TB, what, howTo string) {
 	t.Skipf("%s not found; %s", what, howTo)
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// Ports are handed out below the kernel's ephemeral range (32768 and up
+// by default), which outgoing connections draw from: a port taken from
+// 127.0.0.1:0 could be given to another test's client socket between the
+// check here and the server's bind. Each process starts at its own place
+// in the range and walks it, so one process never hands out a port twice
+// and concurrent test binaries rarely meet; every port is checked by
+// binding it.
+const (
+	portLow  = 10000
+	portHigh = 32000
+)
+
+var nextPort struct {
+	sync.Mutex
+	n int
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago and is
+// outside the range the kernel gives to outgoing connections.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	nextPort.Lock()
+	defer nextPort.Unlock()
+	if nextPort.n == 0 {
+		nextPort.n = portLow + (os.Getpid()*7919)%(portHigh-portLow)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range portHigh - portLow {
+		p := nextPort.n
+		if nextPort.n++; nextPort.n >= portHigh {
+			nextPort.n = portLow
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
+	}
+	t.Fatal("no free loopback port below the ephemeral range")
+	return 0
 }
 
 // WaitTCP waits until something accepts connections on addr.
