@@ -15,7 +15,7 @@ help:
 	@echo "demo   fake upstream + sidecar + Envoy on :8000, no API key needed"
 	@echo "run    sidecar + Envoy on :8000 against the upstream in .env"
 	@echo "test   every test (real Redis and Envoy; CI=true fails instead of skipping)"
-	@echo "test-deploy  the Helm chart and manifests against real helm, kube-apiserver and Envoy (builds tools once)"
+	@echo "test-deploy  the chart and manifests against real helm, kube-apiserver and Envoy, and installed in a live single-node cluster (root; builds tools once)"
 	@echo "tools  build the pinned deployment tools into .tools/bin (first time ~15 min)"
 	@echo "lint   gofmt and go vet"
 	@echo "bench  benchmarks (prompt counting, processor phases)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned deployment tools into .tools/bin, each only when it is
-# missing: helm, etcd, kube-apiserver, egctl and istioctl, from the modules
+# missing: helm, etcd, egctl, istioctl and Kubernetes (kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy), from the modules
 # under deploy/tools (versions in their go.mod). Cold on a 2-core machine:
 # kube-apiserver ~12 min, egctl ~10, istioctl ~10, helm ~3, etcd ~2; with
 # a warm Go build cache, seconds each.
@@ -35,5 +36,11 @@ build etcd etcd go.etcd.io/etcd/server/v3
 build egctl egctl github.com/envoyproxy/gateway/cmd/egctl
 build istioctl istioctl istio.io/istio/istioctl/cmd/istioctl
 # kubectl and clients parse the version: it must be set at build time.
-build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver \
-  "-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+kubever="-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kubever"
+# The live single-node cluster (deploy/cluster): the rest of the control
+# plane and the node, from the same module and build cache.
+for c in kube-controller-manager kube-scheduler kubelet kube-proxy; do
+  build "$c" kube "k8s.io/kubernetes/cmd/$c" "$kubever"
+done
+build coredns coredns github.com/aifirewall/aifirewall/deploy/tools/coredns

@@ -27,13 +27,7 @@ func TestMakeImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("make image: %v\n%s", err, out)
 	}
-	chart, _ := os.ReadFile(filepath.Join(root, "deploy/helm/aifirewall/Chart.yaml"))
-	var version string
-	for _, line := range strings.Split(string(chart), "\n") {
-		if v, ok := strings.CutPrefix(line, "appVersion:"); ok {
-			version = strings.Trim(strings.TrimSpace(v), `"`)
-		}
-	}
+	version := chartAppVersion(t)
 	archive, err := os.ReadFile(filepath.Join(root, "bin/aifirewall-image.tar"))
 	if err != nil {
 		t.Fatal(err)
@@ -65,4 +59,20 @@ func TestMakeImage(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(got)) != identity.HashKey("a-gateway-key") {
 		t.Fatalf("the image's binary: %q %v", got, err)
 	}
+}
+
+// chartAppVersion is the chart's appVersion, its default image tag.
+func chartAppVersion(t *testing.T) string {
+	t.Helper()
+	chart, err := os.ReadFile(filepath.Join(chartDir(t), "Chart.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(chart), "\n") {
+		if v, ok := strings.CutPrefix(line, "appVersion:"); ok {
+			return strings.Trim(strings.TrimSpace(v), `"`)
+		}
+	}
+	t.Fatal("Chart.yaml has no appVersion")
+	return ""
 }

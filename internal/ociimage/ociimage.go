@@ -8,7 +8,6 @@ package ociimage
 
 import (
 	"archive/tar"
-	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -18,9 +17,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // UID is the image's user, distroless's "nonroot", which the chart and
@@ -50,85 +46,54 @@ func Build(s Spec) (v1.Image, error) {
 			return nil, fmt.Errorf("read CA bundle: %w", err)
 		}
 	}
-	layer, err := rootfs(bin, ca)
-	if err != nil {
-		return nil, err
-	}
-	img, err := mutate.AppendLayers(mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1), layer)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.Architecture, cfg.OS, cfg.Created = "amd64", "linux", v1.Time{Time: epoch}
-	cfg.Config.Entrypoint = []string{"/usr/local/bin/aifirewall"}
-	cfg.Config.User = fmt.Sprintf("%d:%d", UID, UID)
-	cfg.Config.WorkingDir = "/"
-	cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin",
-		// No .env in the image: settings come from the environment.
-		"ENV_FILE=/nonexistent", "SPOOL_FILE=/var/lib/aifirewall/settlements.jsonl"}
-	cfg.Config.ExposedPorts = map[string]struct{}{"9090/tcp": {}, "9091/tcp": {}}
-	cfg.Config.Labels = map[string]string{"org.opencontainers.image.title": "aifirewall",
-		"org.opencontainers.image.version": s.Version}
-	return mutate.ConfigFile(img, cfg)
-}
-
-// rootfs is the image's one layer.
-func rootfs(bin, ca []byte) (v1.Layer, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	dir := func(name string, uid int, mode int64) error {
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, Uid: uid, Gid: uid, ModTime: epoch, Format: tar.FormatPAX})
-	}
-	file := func(name string, mode int64, data []byte) error {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data)), ModTime: epoch, Format: tar.FormatPAX}); err != nil {
-			return err
-		}
-		_, err := tw.Write(data)
-		return err
-	}
-	steps := []func() error{
-		func() error { return dir("etc", 0, 0o755) },
-		func() error {
-			return file("etc/passwd", 0o644, []byte(fmt.Sprintf("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", UID, UID)))
-		},
-		func() error { return file("etc/group", 0o644, []byte(fmt.Sprintf("root:x:0:\nnonroot:x:%d:\n", UID))) },
-		func() error { return dir("home", 0, 0o755) },
-		func() error { return dir("home/nonroot", UID, 0o700) },
-		func() error { return dir("tmp", 0, 0o1777) },
-		func() error { return dir("usr", 0, 0o755) },
-		func() error { return dir("usr/local", 0, 0o755) },
-		func() error { return dir("usr/local/bin", 0, 0o755) },
-		func() error { return file("usr/local/bin/aifirewall", 0o755, bin) },
+	files := append(Base(), []Entry{
+		{Name: "usr", Dir: true, Mode: 0o755},
+		{Name: "usr/local", Dir: true, Mode: 0o755},
+		{Name: "usr/local/bin", Dir: true, Mode: 0o755},
+		{Name: "usr/local/bin/aifirewall", Mode: 0o755, Data: bin},
 		// Compose mounts volumes here, seeded with this ownership: the
 		// generated envoy.yaml, the ext_proc socket, the settlement spool.
-		func() error { return dir("config", UID, 0o755) },
-		func() error { return dir("run", 0, 0o755) },
-		func() error { return dir("run/aifirewall", UID, 0o755) },
-		func() error { return dir("var", 0, 0o755) },
-		func() error { return dir("var/lib", 0, 0o755) },
-		func() error { return dir("var/lib/aifirewall", UID, 0o755) },
-	}
+		{Name: "config", Dir: true, Mode: 0o755, UID: UID},
+		{Name: "run", Dir: true, Mode: 0o755},
+		{Name: "run/aifirewall", Dir: true, Mode: 0o755, UID: UID},
+		{Name: "var", Dir: true, Mode: 0o755},
+		{Name: "var/lib", Dir: true, Mode: 0o755},
+		{Name: "var/lib/aifirewall", Dir: true, Mode: 0o755, UID: UID},
+	}...)
 	if ca != nil {
-		steps = append(steps,
-			func() error { return dir("etc/ssl", 0, 0o755) },
-			func() error { return dir("etc/ssl/certs", 0, 0o755) },
-			func() error { return file("etc/ssl/certs/ca-certificates.crt", 0o644, ca) })
+		files = append(files, CABundle(ca)...)
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			return nil, fmt.Errorf("image layer: %w", err)
-		}
+	return Assemble(Config{
+		Entrypoint: []string{"/usr/local/bin/aifirewall"},
+		User:       fmt.Sprintf("%d:%d", UID, UID),
+		Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin",
+			// No .env in the image: settings come from the environment.
+			"ENV_FILE=/nonexistent", "SPOOL_FILE=/var/lib/aifirewall/settlements.jsonl"},
+		Ports:  []string{"9090/tcp", "9091/tcp"},
+		Labels: map[string]string{"org.opencontainers.image.title": "aifirewall", "org.opencontainers.image.version": s.Version},
+	}, files)
+}
+
+// Base is what distroless's base gives every image: root and the nonroot
+// user, a home for it, and /tmp.
+func Base() []Entry {
+	return []Entry{
+		{Name: "etc", Dir: true, Mode: 0o755},
+		{Name: "etc/passwd", Mode: 0o644, Data: []byte(fmt.Sprintf("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", UID, UID))},
+		{Name: "etc/group", Mode: 0o644, Data: []byte(fmt.Sprintf("root:x:0:\nnonroot:x:%d:\n", UID))},
+		{Name: "home", Dir: true, Mode: 0o755},
+		{Name: "home/nonroot", Dir: true, Mode: 0o700, UID: UID},
+		{Name: "tmp", Dir: true, Mode: 0o1777},
 	}
-	if err := tw.Close(); err != nil {
-		return nil, err
+}
+
+// CABundle is the PEM bundle where Go and OpenSSL look for it.
+func CABundle(pem []byte) []Entry {
+	return []Entry{
+		{Name: "etc/ssl", Dir: true, Mode: 0o755},
+		{Name: "etc/ssl/certs", Dir: true, Mode: 0o755},
+		{Name: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Data: pem},
 	}
-	raw := buf.Bytes()
-	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil },
-		tarball.WithMediaType(types.OCILayer))
 }
 
 // WriteArchive writes img as an OCI image layout, tagged ref, into the tar
@@ -143,7 +108,10 @@ func WriteArchive(img v1.Image, ref, out string) error {
 	if err != nil {
 		return err
 	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})); err != nil {
+	// The OCI name is the tag alone; containerd's importer (ctr import)
+	// takes the whole name from its own annotation.
+	notes := map[string]string{"org.opencontainers.image.ref.name": ref, "io.containerd.image.name": FullName(ref)}
+	if err := p.AppendImage(img, layout.WithAnnotations(notes)); err != nil {
 		return fmt.Errorf("write OCI layout: %w", err)
 	}
 	f, err := os.Create(out + ".tmp")

@@ -71,3 +71,19 @@ func TestArchive(t *testing.T) {
 		}
 	}
 }
+
+// containerd names an image the way the kubelet asks for it: a reference
+// without a registry is Docker Hub's.
+func TestFullName(t *testing.T) {
+	for ref, want := range map[string]string{
+		"aifirewall:1":                    "docker.io/library/aifirewall:1",
+		"envoyproxy/envoy:v1.40.0":        "docker.io/envoyproxy/envoy:v1.40.0",
+		"aifirewall.test/envoy:v1.40.0":   "aifirewall.test/envoy:v1.40.0",
+		"localhost/x:1":                   "localhost/x:1",
+		"registry:5000/team/aifirewall:1": "registry:5000/team/aifirewall:1",
+	} {
+		if got := FullName(ref); got != want {
+			t.Errorf("FullName(%q) = %q, want %q", ref, got, want)
+		}
+	}
+}

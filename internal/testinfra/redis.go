@@ -14,6 +14,7 @@ import (
 type Redis struct {
 	t    testing.TB
 	bin  string
+	Host string // the address it binds: 127.0.0.1 unless StartRedisOn says
 	Port int
 	cmd  *exec.Cmd
 	log  LogBuffer
@@ -22,18 +23,25 @@ type Redis struct {
 // StartRedis starts redis-server for the test and stops it at cleanup.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
+	return StartRedisOn(t, "127.0.0.1")
+}
+
+// StartRedisOn is StartRedis on host, an address of this machine (a test
+// cluster's node address, for its pods).
+func StartRedisOn(t testing.TB, host string) *Redis {
+	t.Helper()
 	bin := LookPath("redis-server")
 	if bin == "" {
 		Missing(t, "redis-server", "install it with `apt-get install redis-server`")
 	}
-	r := &Redis{t: t, bin: bin, Port: FreePort(t)}
+	r := &Redis{t: t, bin: bin, Host: host, Port: FreePort(t)}
 	r.Start()
 	t.Cleanup(func() { r.Stop() })
 	return r
 }
 
 // Addr is host:port.
-func (r *Redis) Addr() string { return fmt.Sprintf("127.0.0.1:%d", r.Port) }
+func (r *Redis) Addr() string { return fmt.Sprintf("%s:%d", r.Host, r.Port) }
 
 // URL is the redis:// URL of database 0.
 func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
@@ -41,8 +49,11 @@ func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
 // Start (re)starts the server on the same port.
 func (r *Redis) Start() {
 	r.t.Helper()
-	r.cmd = exec.Command(r.bin, "--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no")
+	r.cmd = exec.Command(r.bin, "--port", strconv.Itoa(r.Port), "--bind", r.Host,
+		"--save", "", "--appendonly", "no", "--daemonize", "no",
+		// Off the loopback (a test cluster's pods call it), protected mode
+		// would refuse every client: there is no password.
+		"--protected-mode", map[bool]string{true: "yes", false: "no"}[r.Host == "127.0.0.1"])
 	r.cmd.Stdout, r.cmd.Stderr = &r.log, &r.log
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatalf("start redis-server: %v", err)

@@ -72,9 +72,20 @@ func FreePort(t testing.TB) int {
 // WaitTCP waits until something accepts connections on addr.
 func WaitTCP(t testing.TB, addr string, within time.Duration) {
 	t.Helper()
+	waitDial(t, "tcp", addr, within)
+}
+
+// WaitUnix waits until something accepts connections on a Unix socket.
+func WaitUnix(t testing.TB, path string, within time.Duration) {
+	t.Helper()
+	waitDial(t, "unix", path, within)
+}
+
+func waitDial(t testing.TB, network, addr string, within time.Duration) {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+		if c, err := net.DialTimeout(network, addr, 200*time.Millisecond); err == nil {
 			c.Close()
 			return
 		}
