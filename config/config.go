@@ -65,8 +65,14 @@ type Config struct {
 	FallbackOutput        string        `env:"FALLBACK_OUTPUT_PRICE_PER_MTOK" envDefault:"30"`
 	RedisTimeout          time.Duration `env:"REDIS_TIMEOUT" envDefault:"1s"`
 	ShutdownTimeout       time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
-	MaxBodyBytes          uint32        `env:"MAX_REQUEST_BODY_BYTES" envDefault:"8388608"`
-	ReservationTTL        time.Duration `env:"RESERVATION_TTL" envDefault:"15m"`
+	// At SIGTERM the sidecar keeps answering its Envoy at least this long
+	// (for load balancers to stop sending to it), then until Envoy has no
+	// request left; with ENVOY_ADMIN_URL it drains that Envoy first and
+	// ends it once empty.
+	ShutdownMinDrain time.Duration `env:"SHUTDOWN_MIN_DRAIN" envDefault:"5s"`
+	EnvoyAdminURL    string        `env:"ENVOY_ADMIN_URL"`
+	MaxBodyBytes     uint32        `env:"MAX_REQUEST_BODY_BYTES" envDefault:"8388608"`
+	ReservationTTL   time.Duration `env:"RESERVATION_TTL" envDefault:"15m"`
 	// FAIL_MODE: "closed" refuses requests (503) while the budget store is
 	// unreachable; "open" forwards them unchecked and bills them later.
 	FailMode      string `env:"FAIL_MODE" envDefault:"closed"`
@@ -240,6 +246,16 @@ func (c *Config) derive() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		return errors.New("MAX_REQUEST_BODY_BYTES: must be at least 1024")
+	}
+	if c.ShutdownMinDrain < 0 || c.ShutdownMinDrain > c.ShutdownTimeout {
+		return fmt.Errorf("SHUTDOWN_MIN_DRAIN: must be between 0 and SHUTDOWN_TIMEOUT (%s)", c.ShutdownTimeout)
+	}
+	if c.EnvoyAdminURL != "" {
+		// It can end Envoy: only its own, on this host or pod.
+		u, err := url.Parse(c.EnvoyAdminURL)
+		if err != nil || u.Scheme != "http" || !Local(u.Host) {
+			return fmt.Errorf("ENVOY_ADMIN_URL: %q is not an http:// URL on loopback (Envoy's admin interface, e.g. http://127.0.0.1:9901)", c.EnvoyAdminURL)
+		}
 	}
 	return nil
 }

@@ -28,7 +28,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"UPSTREAM_PROVIDER": "acme", "BUDGET_STORE": "disk", "LISTEN_ADDR": "50051", "REDIS_TIMEOUT": "soon",
 		"LOG_LEVEL": "loud", "IDENTITY_MODE": "trust-me", "ADMIN_TOKEN": "short", "MAX_REQUEST_BODY_BYTES": "-1",
 		"FALLBACK_INPUT_PRICE_PER_MTOK": "cheap", "RESERVATION_TTL": "0s", "EXTPROC_ADDR": "unix:relative.sock",
-		"ADMIN_ADDR": "unix:/run/admin.sock",
+		"ADMIN_ADDR": "unix:/run/admin.sock", "ENVOY_ADMIN_URL": "http://10.0.0.5:9901", "SHUTDOWN_MIN_DRAIN": "1h",
 	}
 	for name, value := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -65,6 +66,7 @@ type Server struct {
 	now     func() time.Time
 	metrics *Metrics // nil: no metrics
 	holds   holds
+	open    atomic.Int64 // ext_proc streams in progress
 
 	upstreams map[string]*Upstream
 }
@@ -92,6 +94,10 @@ func New(cfg Config, store billing.Store, prices *billing.Prices, tk *billing.To
 	return &Server{cfg: cfg, store: store, prices: prices, tk: tk, log: log, now: now, upstreams: upstreams(cfg)}
 }
 
+// OpenStreams is how many ext_proc streams are in progress: the requests
+// Envoy is carrying through this sidecar now.
+func (s *Server) OpenStreams() int64 { return s.open.Load() }
+
 // WithMetrics makes the server record m.
 func (s *Server) WithMetrics(m *Metrics) *Server {
 	s.metrics = m
@@ -103,7 +109,8 @@ func (s *Server) WithMetrics(m *Metrics) *Server {
 // Envoy turns into a failed request) and never the process.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err error) {
 	s.metrics.stream(1)
-	defer s.metrics.stream(-1)
+	s.open.Add(1)
+	defer func() { s.metrics.stream(-1); s.open.Add(-1) }()
 	r := &request{s: s, log: s.log}
 	defer func() {
 		if !r.guard(r.finish) && err == nil {

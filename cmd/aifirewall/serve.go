@@ -22,14 +22,16 @@ import (
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/identity"
+	"github.com/aifirewall/aifirewall/internal/envoydrain"
 	"github.com/aifirewall/aifirewall/internal/mtls"
 	"github.com/aifirewall/aifirewall/operator"
 	"github.com/aifirewall/aifirewall/processor"
 )
 
 // serve runs until ctx ends (SIGTERM), then stops gracefully: health goes
-// NOT_SERVING, in-flight streams finish up to SHUTDOWN_TIMEOUT, and pending
-// settlements are written before exit.
+// NOT_SERVING, Envoy is drained (ENVOY_ADMIN_URL) or given
+// SHUTDOWN_MIN_DRAIN and its open streams, all within SHUTDOWN_TIMEOUT,
+// then the gRPC server stops and pending settlements are written.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	billing.LogRedisTo(log)
 	store, err := openStore(ctx, cfg, log)
@@ -130,9 +132,20 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("server stopped: %w", err)
 	}
 	log.Info("shutting down", "deadline", cfg.ShutdownTimeout.String())
-	hs.Shutdown() // NOT_SERVING: Envoy's health check sends new requests elsewhere
 	deadline, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	// Envoy still sends requests on the connections its clients keep
+	// alive: keep answering until it has none left, or gRPC's graceful
+	// stop would refuse them.
+	if cfg.EnvoyAdminURL != "" {
+		// This sidecar is its Envoy's only one: it stays SERVING until
+		// that Envoy is drained.
+		envoydrain.Drain(deadline, envoydrain.Admin{URL: cfg.EnvoyAdminURL}, cfg.ShutdownMinDrain, 200*time.Millisecond, log)
+		hs.Shutdown()
+	} else {
+		hs.Shutdown() // NOT_SERVING: an Envoy with other sidecars sends new requests there
+		waitIdle(deadline, proc, cfg.ShutdownMinDrain)
+	}
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {
@@ -147,6 +160,23 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	_ = admin.Shutdown(deadline)
 	log.Info("stopped")
 	return nil
+}
+
+// waitIdle waits minDrain, for Envoy's clients to move on, then until no
+// ext_proc stream is open, or ctx ends.
+func waitIdle(ctx context.Context, proc *processor.Server, minDrain time.Duration) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(minDrain):
+	}
+	for proc.OpenStreams() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (billing.Store, error) {

@@ -13,6 +13,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,6 +90,8 @@ func TestLiveCluster(t *testing.T) {
 		}
 		usage = chat(t, "http://"+ip+":8000", "gateway-user-2")
 		testenv.WaitSpent(t, client, budgetKey("gateway-user-2"), usage.cost(300, 1200))
+
+		rolloutUnderLoad(t, c, client, "http://"+ip+":8000")
 	})
 
 	t.Run("sidecar", func(t *testing.T) {
@@ -127,29 +131,126 @@ type usage struct{ Prompt, Completion int64 }
 // cost is the bill in nano-dollars at in and out nano-dollars a token.
 func (u usage) cost(in, out int64) int64 { return u.Prompt*in + u.Completion*out }
 
+// rolloutUnderLoad restarts the gateway's pods (what kubectl rollout
+// restart does) while clients that keep their connections alive stream
+// through the Service: no request fails, each is billed once.
+func rolloutUnderLoad(t *testing.T, c *cluster.Cluster, rdb *redis.Client, base string) {
+	t.Helper()
+	const clients = 6
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	done := make([]int64, clients)
+	var mu sync.Mutex
+	var failures []string
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hc := &http.Client{Timeout: 60 * time.Second} // keeps its connection alive
+			for !stop.Load() {
+				if _, err := stream(hc, base, fmt.Sprintf("rollout-%d", i), map[string]string{"x-fake-words": "12", "x-fake-delay-ms": "80"}); err != nil {
+					mu.Lock()
+					failures = append(failures, time.Now().Format("15:04:05.000")+" "+err.Error())
+					mu.Unlock()
+					continue
+				}
+				done[i]++
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second)
+	before := podUIDs(t, c, "app.kubernetes.io/instance=gw")
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339))
+	if st, body := c.Do(t, "PATCH", "/apis/apps/v1/namespaces/"+clusterNS+"/deployments/gw-aifirewall", patch); st != 200 {
+		t.Fatalf("rollout restart: %d %s", st, body)
+	}
+	start := time.Now()
+	waitReplaced(t, c, "app.kubernetes.io/instance=gw", before)
+	t.Logf("rolled out in %s", time.Since(start).Round(time.Second))
+	time.Sleep(2 * time.Second)
+	stop.Store(true)
+	wg.Wait()
+	var total int64
+	for _, n := range done {
+		total += n
+	}
+	if len(failures) > 0 || total == 0 {
+		t.Fatalf("%d requests failed during the rollout, %d completed:\n%s", len(failures), total, strings.Join(failures, "\n"))
+	}
+	for i, n := range done {
+		testenv.WaitSpent(t, rdb, budgetKey(fmt.Sprintf("rollout-%d", i)), n*usage{11, 12}.cost(300, 1200))
+	}
+	t.Logf("%d streams through the rollout, 0 failed, each billed once", total)
+}
+
+// waitReplaced waits until every pod of selector is new (none of before
+// is left, terminating or not) and ready.
+func waitReplaced(t *testing.T, c *cluster.Cluster, selector string, before map[string]bool) {
+	t.Helper()
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(time.Second) {
+		_, body := c.Do(t, "GET", "/api/v1/namespaces/"+clusterNS+"/pods?labelSelector="+selector, "")
+		var list struct {
+			Items []struct {
+				Metadata struct {
+					UID string `json:"uid"`
+				} `json:"metadata"`
+				Status struct {
+					Conditions []struct{ Type, Status string } `json:"conditions"`
+				} `json:"status"`
+			} `json:"items"`
+		}
+		_ = json.Unmarshal([]byte(body), &list)
+		replaced := len(list.Items) > 0
+		for _, p := range list.Items {
+			ready := false
+			for _, cond := range p.Status.Conditions {
+				ready = ready || cond.Type == "Ready" && cond.Status == "True"
+			}
+			replaced = replaced && !before[p.Metadata.UID] && ready
+		}
+		if replaced {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pods not replaced after 3 minutes: %s", testinfra.Tail(body, 20))
+		}
+	}
+}
+
 // chat sends a streamed chat completion as user and returns the usage the
 // stream reported.
 func chat(t *testing.T, base, user string) usage {
 	t.Helper()
+	var u usage
+	var err error
+	// The Service's rules reach kube-proxy's chains a moment after the
+	// pods are ready. A new connection each time: one kept alive from
+	// before an upgrade would reach an old pod while it drains.
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if u, err = stream(hc, base, user, nil); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("chat completion through %s: %v", base, err)
+	}
+	return u
+}
+
+// stream sends a streamed chat completion as user, with the fake
+// provider's steering headers, and returns the usage it reported.
+func stream(hc *http.Client, base, user string, steer map[string]string) (usage, error) {
 	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(chatBody))
 	req.Header.Set("authorization", "Bearer "+internalKey)
 	req.Header.Set("x-user-id", user)
 	req.Header.Set("content-type", "application/json")
-	var resp *http.Response
-	var err error
-	// The Service's rules reach kube-proxy's chains a moment after the
-	// pods are ready.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
-		// A new connection each time: one kept alive from before an
-		// upgrade would still reach an old pod while it drains.
-		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		if resp, err = client.Do(req); err == nil || time.Now().After(deadline) {
-			break
-		}
-		req.Body, _ = req.GetBody()
+	for k, v := range steer {
+		req.Header.Set(k, v)
 	}
+	resp, err := hc.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return usage{}, err
 	}
 	defer resp.Body.Close()
 	var b strings.Builder
@@ -158,14 +259,29 @@ func chat(t *testing.T, base, user string) usage {
 		b.WriteString(s.Text() + "\n")
 	}
 	if resp.StatusCode != 200 {
-		t.Fatalf("chat completion through %s: %d\n%s", base, resp.StatusCode, b.String())
+		return usage{}, fmt.Errorf("status %d: %s", resp.StatusCode, b.String())
 	}
-	return usageIn(t, b.String())
+	if err := s.Err(); err != nil || !strings.Contains(b.String(), "data: [DONE]") {
+		return usage{}, fmt.Errorf("stream cut (%v): %s", err, testinfra.Tail(b.String(), 3))
+	}
+	u, ok := findUsage(b.String())
+	if !ok {
+		return usage{}, fmt.Errorf("no usage in the stream: %s", testinfra.Tail(b.String(), 5))
+	}
+	return u, nil
 }
 
 // usageIn finds the usage event of an SSE stream (in a container log too).
 func usageIn(t *testing.T, sse string) usage {
 	t.Helper()
+	u, ok := findUsage(sse)
+	if !ok {
+		t.Fatalf("no usage in the stream:\n%s", testinfra.Tail(sse, 20))
+	}
+	return u
+}
+
+func findUsage(sse string) (usage, bool) {
 	for _, line := range strings.Split(sse, "\n") {
 		_, data, ok := strings.Cut(line, "data: ")
 		if !ok || !strings.Contains(data, `"usage"`) {
@@ -178,11 +294,10 @@ func usageIn(t *testing.T, sse string) usage {
 			} `json:"usage"`
 		}
 		if json.Unmarshal([]byte(data), &ev) == nil && ev.Usage != nil && ev.Usage.Completion > 0 {
-			return usage{ev.Usage.Prompt, ev.Usage.Completion}
+			return usage{ev.Usage.Prompt, ev.Usage.Completion}, true
 		}
 	}
-	t.Fatalf("no usage in the stream:\n%s", testinfra.Tail(sse, 20))
-	return usage{}
+	return usage{}, false
 }
 
 func budgetKey(user string) string { return billing.BudgetKey(user, billing.Day(time.Now(), time.UTC)) }

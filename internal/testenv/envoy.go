@@ -44,6 +44,17 @@ type Envoy struct {
 	AdminPort int
 	cmd       *exec.Cmd
 	log       testinfra.LogBuffer
+	exited    chan struct{} // closed when the process has ended
+}
+
+// Exited waits up to d for Envoy to end on its own and says whether it did.
+func (e *Envoy) Exited(d time.Duration) bool {
+	select {
+	case <-e.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // URL is the base URL clients use.
@@ -67,15 +78,7 @@ func StartEnvoyWith(t testing.TB, o envoy.Options, env ...string) *Envoy {
 	if o.SecretDir == "" {
 		o.SecretDir = t.TempDir()
 	}
-	files, err := envoy.SecretFiles(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for path, b := range files {
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	WriteSecretFiles(t, o)
 	// A port found free can still be bound by another test binary before
 	// Envoy binds it: then Envoy starts again on new ports.
 	for attempt := 1; ; attempt++ {
@@ -94,6 +97,21 @@ func StartEnvoyWith(t testing.TB, o envoy.Options, env ...string) *Envoy {
 			t.Fatal(err)
 		}
 		t.Logf("envoy: %v; starting again on new ports", firstLine(err))
+	}
+}
+
+// WriteSecretFiles writes the SDS files of o's provider keys into
+// o.SecretDir.
+func WriteSecretFiles(t testing.TB, o envoy.Options) {
+	t.Helper()
+	files, err := envoy.SecretFiles(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, b := range files {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -119,14 +137,17 @@ func startEnvoy(t testing.TB, cfg []byte, port, admin int, env []string) (*Envoy
 	if err := os.WriteFile(path, cfg, 0o600); err != nil {
 		return nil, err
 	}
+	// The drain settings the chart runs Envoy with (a drained Envoy tells
+	// every client at once to go elsewhere).
 	e.cmd = exec.Command(bin, "-c", path, "--disable-hot-restart", "-l", "warning",
-		"--base-id", fmt.Sprint(e.AdminPort))
+		"--base-id", fmt.Sprint(e.AdminPort), "--drain-strategy", "immediate", "--drain-time-s", "30")
 	e.cmd.Stdout, e.cmd.Stderr = &e.log, &e.log
 	e.cmd.Env = append(os.Environ(), env...)
 	if err := e.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start envoy: %w", err)
 	}
 	exited := make(chan struct{})
+	e.exited = exited
 	go func() { _ = e.cmd.Wait(); close(exited) }()
 	stop := func() {
 		_ = e.cmd.Process.Kill()

@@ -87,6 +87,7 @@ func StartSidecar(t testing.TB, env ...string) *Sidecar {
 			"ADMIN_ADDR=" + s.AdminAddr,
 			"LOG_LEVEL=debug",
 			"SHUTDOWN_TIMEOUT=10s",
+			"SHUTDOWN_MIN_DRAIN=0s", // no load balancer in front to wait for
 			// Survives restarts of this sidecar, like a volume would.
 			"SPOOL_FILE=" + spool,
 		}, env...)

@@ -169,6 +169,16 @@ aifirewall:
       value: /var/lib/aifirewall/settlements.jsonl
     - name: SHUTDOWN_TIMEOUT
       value: "{{ $v.shutdownTimeoutSeconds }}s"
+    - name: SHUTDOWN_MIN_DRAIN
+      value: "{{ $v.shutdownMinDrainSeconds }}s"
+    {{- if ne $v.mode "extproc" }}
+    # At SIGTERM the sidecar drains the pod's Envoy through its admin
+    # interface (loopback, in the pod), answers it until its requests are
+    # done, then ends it: kept-alive clients are told to go elsewhere and no
+    # request fails.
+    - name: ENVOY_ADMIN_URL
+      value: http://127.0.0.1:9901
+    {{- end }}
     - name: IDENTITY_MODE
       value: {{ $v.identityMode | quote }}
     - name: TRUST_XFCC
@@ -213,10 +223,8 @@ aifirewall:
   livenessProbe:
     httpGet: {path: /healthz, port: 9090}
     periodSeconds: 10
-  lifecycle:
-    preStop:
-      # Lets the Service stop sending new requests before draining starts.
-      sleep: {seconds: 5}
+  # No preStop: at SIGTERM it drains Envoy at once (Envoy's readiness
+  # fails, so the Service stops sending) and answers it meanwhile.
   securityContext: {{- include "aifirewall.containerSecurity" $ | nindent 4 }}
   resources: {{- toYaml $v.resources.aifirewall | nindent 4 }}
   volumeMounts:
@@ -241,7 +249,10 @@ envoy:
   {{- if .native }}
   restartPolicy: Always
   {{- end }}
-  command: ["envoy", "-c", "/etc/envoy/envoy.yaml", "--disable-hot-restart", "--log-level", "warning"]
+  # Drained (by the sidecar, at SIGTERM), Envoy tells every client at once
+  # to reconnect elsewhere and takes new connections for the whole drain.
+  command: ["envoy", "-c", "/etc/envoy/envoy.yaml", "--disable-hot-restart", "--log-level", "warning",
+    "--drain-strategy", "immediate", "--drain-time-s", "{{ $v.shutdownTimeoutSeconds }}"]
   # Envoy holds the provider keys and puts them on requests after the
   # sidecar has seen them (the SDS files envoy-config wrote say where).
   {{- with include "aifirewall.keyEnv" $ }}
@@ -262,8 +273,8 @@ envoy:
     periodSeconds: 10
   lifecycle:
     preStop:
-      # Envoy exits at SIGTERM: it keeps serving streams in flight until
-      # the sidecar has had its shutdown timeout to finish them.
+      # Envoy exits at SIGTERM: it waits here while the sidecar drains it
+      # (and ends it once its requests are done).
       sleep: {seconds: {{ ternary 5 (add $v.shutdownTimeoutSeconds 5) .native }}}
   securityContext: {{- include "aifirewall.containerSecurity" $ | nindent 4 }}
   resources: {{- toYaml $v.resources.envoy | nindent 4 }}
