@@ -31,8 +31,10 @@ func heldStream(client *http.Client, s *testenv.Stack, user, gate string) (int, 
 		return 0, nil, nil, err
 	}
 	if resp.StatusCode != 200 {
+		// The body and Envoy's flags say who refused it, for the failure.
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		resp.Body.Close()
-		return resp.StatusCode, nil, nil, nil
+		return resp.StatusCode, nil, nil, fmt.Errorf("%s (x-envoy-response-flags %q)", b, resp.Header.Get("x-envoy-response-flags"))
 	}
 	br := bufio.NewReader(resp.Body)
 	for {
