@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -22,6 +23,14 @@ type redisPipe = redis.Pipeliner
 type RedisStore struct {
 	rdb     redis.UniversalClient
 	indexed userIndex
+	ack     replicaAck
+}
+
+// replicaAck is how many replicas must hold a settlement before it counts
+// as written (WAIT), and for how long to wait for them.
+type replicaAck struct {
+	replicas int
+	timeout  time.Duration
 }
 
 // userIndex remembers who this process has written to a day's user index,
@@ -62,12 +71,13 @@ func (u *userIndex) add(day, user string) {
 // with rediss+sentinel:// and rediss+cluster:// for TLS. It does not wait
 // for Redis to answer: use Ping for that.
 func NewRedisStore(url string, opts ...RedisOption) (*RedisStore, error) {
-	var tlsc *tls.Config
-	for _, o := range opts {
-		if err := o(&tlsc); err != nil {
+	var o redisOptions
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
 			return nil, err
 		}
 	}
+	tlsc := o.tls
 	scheme, rest, ok := strings.Cut(url, "://")
 	if !ok {
 		return nil, fmt.Errorf("%q is not a redis:// URL", redactURL(url))
@@ -103,16 +113,37 @@ func NewRedisStore(url string, opts ...RedisOption) (*RedisStore, error) {
 	default:
 		return nil, fmt.Errorf("scheme %q: want redis, redis+sentinel or redis+cluster", scheme)
 	}
-	return &RedisStore{rdb: rdb}, nil
+	return &RedisStore{rdb: rdb, ack: o.ack}, nil
 }
 
 // RedisOption adjusts how the store connects.
-type RedisOption func(*(*tls.Config)) error
+type RedisOption func(*redisOptions) error
+
+type redisOptions struct {
+	tls *tls.Config
+	ack replicaAck
+}
+
+// WithReplicaAck makes a settlement count as written only once n replicas
+// hold it (Redis's WAIT, within timeout); otherwise it is queued and
+// retried like any failed write. With Sentinel, a settlement the old
+// primary took but had not passed on when it died is then not lost at the
+// failover: the retry lands on the new primary. Retries never double a
+// bill: each request's settlement is applied once (its settled key).
+func WithReplicaAck(n int, timeout time.Duration) RedisOption {
+	return func(o *redisOptions) error {
+		if n < 0 || (n > 0 && timeout <= 0) {
+			return fmt.Errorf("replica acknowledgement: %d replicas within %s", n, timeout)
+		}
+		o.ack = replicaAck{replicas: n, timeout: timeout}
+		return nil
+	}
+}
 
 // WithCAFile trusts the CA certificates in file (PEM) for rediss:// URLs,
 // for a Redis whose certificate a private CA signed.
 func WithCAFile(file string) RedisOption {
-	return func(c **tls.Config) error {
+	return func(o *redisOptions) error {
 		if file == "" {
 			return nil
 		}
@@ -124,7 +155,7 @@ func WithCAFile(file string) RedisOption {
 		if !pool.AppendCertsFromPEM(pem) {
 			return fmt.Errorf("Redis CA file %s holds no PEM certificate", file)
 		}
-		*c = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		o.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		return nil
 	}
 }
@@ -196,7 +227,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])`)
 
-// settleScript replaces a reservation by the actual cost, once.
+// settleScript replaces a reservation by the actual cost, once. A repeat
+// refreshes the settled key: a write, so that WAIT after it waits for the
+// first one too (replication is in order).
 var settleScript = redis.NewScript(`
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held then
@@ -212,6 +245,7 @@ if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   return 1
 end
+redis.call('EXPIRE', KEYS[4], ARGV[3])
 return 0`)
 
 func (r *RedisStore) run(ctx context.Context, user, day, id string, amount, limit Nanos, ttl time.Duration, mode string) (Budget, error) {
@@ -246,7 +280,13 @@ func (r *RedisStore) Budget(ctx context.Context, user, day string, limit Nanos) 
 func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
 	keys := []string{BudgetKey(s.User, s.Day), reservedKey(s.User, s.Day), expiryKey(s.User, s.Day), settledKey(s.User, s.RequestID),
 		reservedSumKey(s.User, s.Day)}
-	n, err := settleScript.Run(ctx, r.rdb, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds())).Int()
+	var n int
+	var err error
+	if r.ack.replicas > 0 {
+		n, err = r.settleAcked(ctx, keys, s)
+	} else {
+		n, err = settleScript.Run(ctx, r.rdb, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds())).Int()
+	}
 	if err != nil {
 		return false, fmt.Errorf("settle %s: %w", s.RequestID, err)
 	}
@@ -261,6 +301,46 @@ func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
 		}
 	}
 	return n == 1, nil
+}
+
+// settleAcked runs the settlement, then WAIT, on one connection (WAIT
+// counts the replicas holding that connection's writes), even when the
+// settlement was applied before: the script then writes anyway, so the
+// retry waits for the first write too. It waits for as many replicas as
+// asked or as the primary has: a primary promoted with none left takes
+// settlements alone rather than refuse them all.
+func (r *RedisStore) settleAcked(ctx context.Context, keys []string, s Settlement) (int, error) {
+	client, ok := r.rdb.(*redis.Client)
+	if !ok {
+		return 0, errors.New("replica acknowledgement needs redis:// or redis+sentinel://")
+	}
+	conn := client.Conn()
+	defer conn.Close()
+	n, err := settleScript.Run(ctx, conn, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds())).Int()
+	if err != nil {
+		return 0, err
+	}
+	role, err := conn.Do(ctx, "ROLE").Slice()
+	if err != nil {
+		return 0, err
+	}
+	need := r.ack.replicas
+	if len(role) == 3 {
+		if replicas, ok := role[2].([]any); ok {
+			need = min(need, len(replicas))
+		}
+	}
+	if need == 0 {
+		return n, nil
+	}
+	got, err := conn.Do(ctx, "WAIT", need, r.ack.timeout.Milliseconds()).Int64()
+	if err != nil {
+		return 0, err
+	}
+	if got < int64(need) {
+		return 0, fmt.Errorf("held by %d of %d replicas after %s; retried until it is", got, need, r.ack.timeout)
+	}
+	return n, nil
 }
 
 func (r *RedisStore) Renew(ctx context.Context, holds []Hold, ttl time.Duration) error {

@@ -3,6 +3,7 @@ package billing
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,4 +97,51 @@ func TestRedisSentinelStore(t *testing.T) {
 	}
 	defer s.Close()
 	exercise(t, s)
+}
+
+// With replica acknowledgement, a settlement the primary took but no
+// replica holds is an error (queued and retried by the settler), and the
+// retry, once the replica is back, neither doubles nor drops it: the
+// bill is the same on the primary and the replica.
+func TestSettlementWaitsForAReplica(t *testing.T) {
+	sen := testinfra.StartSentinel(t, time.Hour) // no failover here
+	s, err := NewRedisStore(sen.URL, WithReplicaAck(1, 300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if applied, err := s.Settle(ctx, Settlement{User: "u", Day: "d", RequestID: "r1", Amount: 100}); err != nil || !applied {
+		t.Fatalf("settle with the replica up: %v %v", applied, err)
+	}
+	// A replica that stops reading: what the primary writes stays its own.
+	if err := syscall.Kill(sen.Replica.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			syscall.Kill(sen.Replica.PID(), syscall.SIGCONT)
+		}
+	}()
+	if _, err := s.Settle(ctx, Settlement{User: "u", Day: "d", RequestID: "r2", Amount: 20}); err == nil {
+		t.Fatal("a settlement no replica holds counted as written")
+	}
+	syscall.Kill(sen.Replica.PID(), syscall.SIGCONT)
+	stopped = false
+	applied, err := s.Settle(ctx, Settlement{User: "u", Day: "d", RequestID: "r2", Amount: 20})
+	if err != nil || applied {
+		t.Fatalf("retry: applied %v, %v (want already applied, no error)", applied, err)
+	}
+	replica, err := NewRedisStore(sen.Replica.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replica.Close()
+	for _, st := range []*RedisStore{s, replica} {
+		v, err := st.rdb.Get(ctx, BudgetKey("u", "d")).Int64()
+		if err != nil || v != 120 {
+			t.Fatalf("spent %d (%v), want 120 on the primary and the replica", v, err)
+		}
+	}
 }

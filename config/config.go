@@ -64,7 +64,11 @@ type Config struct {
 	FallbackInput         string        `env:"FALLBACK_INPUT_PRICE_PER_MTOK" envDefault:"10"`
 	FallbackOutput        string        `env:"FALLBACK_OUTPUT_PRICE_PER_MTOK" envDefault:"30"`
 	RedisTimeout          time.Duration `env:"REDIS_TIMEOUT" envDefault:"1s"`
-	ShutdownTimeout       time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+	// A settlement counts as written once this many replicas hold it
+	// (Sentinel: nothing the old primary took is lost at a failover).
+	RedisWaitReplicas int           `env:"REDIS_WAIT_REPLICAS" envDefault:"0"`
+	RedisWaitTimeout  time.Duration `env:"REDIS_WAIT_TIMEOUT" envDefault:"500ms"`
+	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
 	// At SIGTERM the sidecar keeps answering its Envoy at least this long
 	// (for load balancers to stop sending to it), then until Envoy has no
 	// request left; with ENVOY_ADMIN_URL it drains that Envoy first and
@@ -246,6 +250,12 @@ func (c *Config) derive() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		return errors.New("MAX_REQUEST_BODY_BYTES: must be at least 1024")
+	}
+	if c.RedisWaitReplicas < 0 || (c.RedisWaitReplicas > 0 && (c.RedisWaitTimeout <= 0 || c.RedisWaitTimeout >= c.RedisTimeout)) {
+		return fmt.Errorf("REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT: %d replicas within %s must be within REDIS_TIMEOUT (%s)", c.RedisWaitReplicas, c.RedisWaitTimeout, c.RedisTimeout)
+	}
+	if c.RedisWaitReplicas > 0 && strings.Contains(c.RedisURL, "+cluster://") {
+		return errors.New("REDIS_WAIT_REPLICAS: for redis:// and redis+sentinel:// (a Redis Cluster's WAIT is per node)")
 	}
 	if c.ShutdownMinDrain < 0 || c.ShutdownMinDrain > c.ShutdownTimeout {
 		return fmt.Errorf("SHUTDOWN_MIN_DRAIN: must be between 0 and SHUTDOWN_TIMEOUT (%s)", c.ShutdownTimeout)

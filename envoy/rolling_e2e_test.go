@@ -120,7 +120,7 @@ func TestRollingUpdateFailsNoRequest(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for !stop.Load() {
-				if err := streamOnce(lb.URL(), fmt.Sprintf("roll-%d", i)); err != nil {
+				if err := streamOnce(lb.URL(), fmt.Sprintf("roll-%d", i), "80"); err != nil {
 					failed.Add(1)
 					failures.Store(time.Now().Format("15:04:05.000"), err.Error())
 					continue
@@ -163,15 +163,15 @@ func TestRollingUpdateFailsNoRequest(t *testing.T) {
 	t.Logf("%d streams completed across the rolling update, 0 failed", total)
 }
 
-// streamOnce streams one answer of 12 chunks 80 ms apart and checks it
-// arrived whole.
-func streamOnce(base, user string) error {
+// streamOnce streams one answer of 12 chunks delayMS apart and checks it
+// arrived whole; a refusal's error says its status and Retry-After.
+func streamOnce(base, user, delayMS string) error {
 	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(seedBody))
 	req.Header.Set("authorization", "Bearer "+testenv.ClientKey)
 	req.Header.Set("content-type", "application/json")
 	req.Header.Set("x-user-id", user)
 	req.Header.Set("x-fake-words", "12")
-	req.Header.Set("x-fake-delay-ms", "80")
+	req.Header.Set("x-fake-delay-ms", delayMS)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
@@ -179,7 +179,7 @@ func streamOnce(base, user string) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
 		b, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("status %d: %s", resp.StatusCode, b)
+		return fmt.Errorf("status %d (retry-after %q): %s", resp.StatusCode, resp.Header.Get("retry-after"), b)
 	}
 	var chunks int
 	var last string

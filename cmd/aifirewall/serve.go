@@ -184,7 +184,8 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (billi
 		log.Warn("BUDGET_STORE=memory: budgets live in this process only and are lost on restart")
 		return billing.NewMemStore(), nil
 	}
-	rs, err := billing.NewRedisStore(cfg.RedisURL, billing.WithCAFile(cfg.RedisCAFile))
+	rs, err := billing.NewRedisStore(cfg.RedisURL, billing.WithCAFile(cfg.RedisCAFile),
+		billing.WithReplicaAck(cfg.RedisWaitReplicas, cfg.RedisWaitTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}

@@ -183,8 +183,15 @@ func Spent(t testing.TB, rdb *redis.Client, key string) int64 {
 // a moment to catch a double bill, and fails with the last value seen.
 func WaitSpent(t testing.TB, rdb *redis.Client, key string, want int64) {
 	t.Helper()
+	WaitSpentWithin(t, rdb, key, want, 10*time.Second)
+}
+
+// WaitSpentWithin is WaitSpent waiting up to d (a spool replayed after an
+// outage).
+func WaitSpentWithin(t testing.TB, rdb *redis.Client, key string, want int64, d time.Duration) {
+	t.Helper()
 	var got int64
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if got = Spent(t, rdb, key); got == want {
 			time.Sleep(200 * time.Millisecond)
 			if got = Spent(t, rdb, key); got == want {

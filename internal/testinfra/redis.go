@@ -16,6 +16,7 @@ type Redis struct {
 	bin  string
 	Host string // the address it binds: 127.0.0.1 unless StartRedisOn says
 	Port int
+	args []string // more redis-server arguments
 	cmd  *exec.Cmd
 	log  LogBuffer
 }
@@ -54,6 +55,7 @@ func (r *Redis) Start() {
 		// Off the loopback (a test cluster's pods call it), protected mode
 		// would refuse every client: there is no password.
 		"--protected-mode", map[bool]string{true: "yes", false: "no"}[r.Host == "127.0.0.1"])
+	r.cmd.Args = append(r.cmd.Args, r.args...)
 	r.cmd.Stdout, r.cmd.Stderr = &r.log, &r.log
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatalf("start redis-server: %v", err)
@@ -142,22 +144,65 @@ func StartRedisTLS(t testing.TB, p *PKI) string {
 func StartRedisSentinel(t testing.TB) string {
 	t.Helper()
 	master := StartRedis(t)
+	addr := startSentinel(t, master.bin, fmt.Sprintf("sentinel monitor mymaster 127.0.0.1 %d 1\n", master.Port))
+	return fmt.Sprintf("redis+sentinel://%s?master_name=mymaster", addr)
+}
+
+// startSentinel runs one Sentinel with conf (after its port and bind
+// lines) and returns its address.
+func startSentinel(t testing.TB, bin, conf string) string {
+	t.Helper()
 	port := FreePort(t)
-	conf := fmt.Sprintf("%s/sentinel.conf", t.TempDir())
-	body := fmt.Sprintf("port %d\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 %d 1\n", port, master.Port)
-	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+	file := fmt.Sprintf("%s/sentinel.conf", t.TempDir())
+	if err := os.WriteFile(file, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\n%s", port, conf)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(master.bin, conf, "--sentinel")
+	cmd := exec.Command(bin, file, "--sentinel")
 	var log LogBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sentinel: %v", err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second)
-	return fmt.Sprintf("redis+sentinel://127.0.0.1:%d?master_name=mymaster", port)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	WaitTCP(t, addr, 10*time.Second)
+	return addr
 }
 
 // PID is the process id.
 func (r *Redis) PID() int { return r.cmd.Process.Pid }
+
+// Sentinel is Redis the way Sentinel deployments run it: a primary, a
+// replica, and three Sentinels (quorum two) watching them as "mymaster".
+type Sentinel struct {
+	Primary, Replica *Redis
+	URL              string   // redis+sentinel:// naming all three Sentinels
+	Addrs            []string // the Sentinels' addresses
+}
+
+// StartSentinel starts it; a primary silent for downAfter is failed over.
+func StartSentinel(t testing.TB, downAfter time.Duration) *Sentinel {
+	t.Helper()
+	s := &Sentinel{Primary: StartRedis(t)}
+	bin := s.Primary.bin
+	s.Replica = &Redis{t: t, bin: bin, Host: "127.0.0.1", Port: FreePort(t),
+		args: []string{"--replicaof", "127.0.0.1", strconv.Itoa(s.Primary.Port)}}
+	s.Replica.Start()
+	t.Cleanup(s.Replica.Stop)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out, _ := exec.Command(strings.TrimSuffix(bin, "redis-server")+"redis-cli", "-p", strconv.Itoa(s.Replica.Port), "info", "replication").Output()
+		if strings.Contains(string(out), "master_link_status:up") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica did not reach its primary: %s", out)
+		}
+	}
+	for range 3 {
+		s.Addrs = append(s.Addrs, startSentinel(t, bin, fmt.Sprintf("sentinel monitor mymaster 127.0.0.1 %d 2\n"+
+			"sentinel down-after-milliseconds mymaster %d\nsentinel failover-timeout mymaster 10000\n",
+			s.Primary.Port, downAfter.Milliseconds())))
+	}
+	s.URL = fmt.Sprintf("redis+sentinel://%s?master_name=mymaster&addr=%s&addr=%s", s.Addrs[0], s.Addrs[1], s.Addrs[2])
+	return s
+}
