@@ -163,7 +163,7 @@ func (s *Stack) Spent(t testing.TB, key string) int64 { return Spent(t, s.RDB, k
 func (s *Stack) WaitSpent(t testing.TB, key string, want int64) { WaitSpent(t, s.RDB, key, want) }
 
 // Spent reads a budget key of rdb as an integer (0 when absent).
-func Spent(t testing.TB, rdb *redis.Client, key string) int64 {
+func Spent(t testing.TB, rdb redis.Cmdable, key string) int64 {
 	t.Helper()
 	v, err := rdb.Get(context.Background(), key).Result()
 	if err == redis.Nil {
@@ -181,14 +181,14 @@ func Spent(t testing.TB, rdb *redis.Client, key string) int64 {
 
 // WaitSpent waits until key holds want (settlement is asynchronous), stays
 // a moment to catch a double bill, and fails with the last value seen.
-func WaitSpent(t testing.TB, rdb *redis.Client, key string, want int64) {
+func WaitSpent(t testing.TB, rdb redis.Cmdable, key string, want int64) {
 	t.Helper()
 	WaitSpentWithin(t, rdb, key, want, 10*time.Second)
 }
 
 // WaitSpentWithin is WaitSpent waiting up to d (a spool replayed after an
 // outage).
-func WaitSpentWithin(t testing.TB, rdb *redis.Client, key string, want int64, d time.Duration) {
+func WaitSpentWithin(t testing.TB, rdb redis.Cmdable, key string, want int64, d time.Duration) {
 	t.Helper()
 	var got int64
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
