@@ -200,6 +200,10 @@ aifirewall:
     {{- end }}
     - name: REDIS_URL
       value: {{ $v.redis.url | quote }}
+    {{- if $v.redis.waitReplicas }}
+    - name: REDIS_WAIT_REPLICAS
+      value: {{ $v.redis.waitReplicas | quote }}
+    {{- end }}
     {{- if $v.redis.caConfigMap }}
     - name: REDIS_CA_FILE
       value: /etc/aifirewall/redis-ca/ca.crt
