@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -76,4 +77,64 @@ func TestEgressTLSChecksTheProviderName(t *testing.T) {
 	if got := s.Spent(t, today("tls-wrong")); got != 0 {
 		t.Fatalf("an unsent request was billed %d", got)
 	}
+}
+
+// An https provider that offers HTTP/2 gets it: twenty streams open at
+// once reach it as HTTP/2 over far fewer connections than streams (each
+// stream costs Envoy the client's connection only), and each is billed.
+func TestEgressHTTP2SharesConnections(t *testing.T) {
+	p := testinfra.NewPKI(t, "")
+	cert, err := tls.LoadX509KeyPair(p.CertFile, p.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &fakellm.Server{ExpectKey: "sk-h2"}
+	var mu sync.Mutex
+	protos := map[string]int{}
+	conns := 0
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		protos[r.Proto]++
+		mu.Unlock()
+		up.ServeHTTP(w, r)
+	}))
+	srv.EnableHTTP2 = true
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			mu.Lock()
+			conns++
+			mu.Unlock()
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	file := filepath.Join(t.TempDir(), "providers.yaml")
+	os.WriteFile(file, []byte(fmt.Sprintf(`providers:
+  - {name: h2, format: openai, base_url: "https://localhost:%s", path_prefix: /, api_key_env: H2_KEY, ca_file: %s}
+`, port, p.CAFile)), 0o600)
+	s := testenv.StartStack(t, testenv.StackOptions{ProvidersFile: file, EnvoyEnv: []string{"H2_KEY=sk-h2"}})
+
+	const n = 20
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			drain(t, post(t, s, "/v1/chat/completions", testenv.ClientKey, chatBody("gpt-4o-mini", true),
+				with(usage, "x-user-id", "h2-user", "x-fake-delay-ms", "100")), 200)
+		}()
+	}
+	wg.Wait()
+	s.WaitSpent(t, today("h2-user"), n*(1000*miniIn+10*miniOut))
+	mu.Lock()
+	defer mu.Unlock()
+	if protos["HTTP/2.0"] != n {
+		t.Fatalf("requests by protocol: %v, want all %d over HTTP/2", protos, n)
+	}
+	if conns > n/4 {
+		t.Fatalf("%d connections for %d concurrent streams", conns, n)
+	}
+	t.Logf("%d concurrent streams over %d HTTP/2 connection(s)", n, conns)
 }
