@@ -79,9 +79,10 @@ loadtest:
 # Envoy holds two per stream).
 STREAMS_STEPS ?= 1000,2500,5000,9000
 STREAMS_HOLD ?= 45s
+STREAMS_PROVIDER ?= h1  # h2: the provider over TLS with HTTP/2
 loadtest-streams:
 	@mkdir -p .tmp
-	ENVOY_BIN="$$(scripts/envoy-path.sh)" STREAMS_STEPS=$(STREAMS_STEPS) STREAMS_HOLD=$(STREAMS_HOLD) STREAMS_OUT=$(CURDIR)/.tmp/loadtest-streams.txt \
+	ENVOY_BIN="$$(scripts/envoy-path.sh)" STREAMS_STEPS=$(STREAMS_STEPS) STREAMS_HOLD=$(STREAMS_HOLD) STREAMS_PROVIDER=$(STREAMS_PROVIDER) STREAMS_OUT=$(CURDIR)/.tmp/loadtest-streams.txt \
 	  $(GO) test -count=1 -run '^$$' -bench '^BenchmarkOpenStreams$$' -benchtime 1x -timeout 60m ./envoy/ | grep -E '^(ok|FAIL|--- FAIL|panic)'
 	@cat .tmp/loadtest-streams.txt
 

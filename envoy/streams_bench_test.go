@@ -16,7 +16,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 // BenchmarkOpenStreams is `make loadtest-streams`: steps of N concurrent
@@ -68,14 +70,25 @@ func openStreams(t testing.TB) {
 	}
 	const every = 1500 * time.Millisecond
 	words := int(hold / every)
-	fake := testenv.StartFakeProvider(t)
+	// STREAMS_PROVIDER=h2: the provider over TLS with HTTP/2, as real
+	// ones are, so that Envoy holds one file per stream, not two.
+	var pki *testinfra.PKI
+	proto := "HTTP/1.1"
+	if os.Getenv("STREAMS_PROVIDER") == "h2" {
+		pki, proto = testinfra.NewPKI(t, ""), "HTTP/2 over TLS"
+	}
+	fake := testenv.StartFakeProviderTLS(t, pki)
+	eo := envoy.Options{}
+	if pki != nil {
+		eo.CACertFile = pki.CAFile
+	}
 	s := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", UpstreamURL: fake.URL, DirectExtProc: true,
-		Env: []string{"LOG_LEVEL=warn"}})
+		Envoy: eo, Env: []string{"LOG_LEVEL=warn"}})
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: -1, DisableKeepAlives: true}}
 
 	var out strings.Builder
-	fmt.Fprintf(&out, "make loadtest-streams, %s, %d cores, a word every %s for %s per stream, HTTP/1.1 to the provider\n",
-		time.Now().Format("2006-01-02"), runtime.NumCPU(), every, hold)
+	fmt.Fprintf(&out, "make loadtest-streams, %s, %d cores, a word every %s for %s per stream, %s to the provider\n",
+		time.Now().Format("2006-01-02"), runtime.NumCPU(), every, hold, proto)
 	tw := tabwriter.NewWriter(&out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "streams\terrors\tbilled exactly\tramp s\tenvoy RSS MB\tKB/stream\tenvoy fds\tsidecar RSS MB\tKB/stream\tsidecar fds\tgoroutines\tper stream\tstreams gauge\t")
 	// Per stream is above the idle processes, measured once before the

@@ -22,9 +22,21 @@ type FakeProvider struct {
 // StartFakeProvider runs cmd/fakellm on a free loopback port.
 func StartFakeProvider(t testing.TB) *FakeProvider {
 	t.Helper()
+	return StartFakeProviderTLS(t, nil)
+}
+
+// StartFakeProviderTLS runs it over HTTPS (HTTP/2 offered) with pki's
+// server certificate, named localhost in its URL; nil is plain HTTP.
+func StartFakeProviderTLS(t testing.TB, pki *testinfra.PKI) *FakeProvider {
+	t.Helper()
 	bin := fakellmBin.build(t, "./cmd/fakellm", false)
-	addr := fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
+	port := testinfra.FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	f := &FakeProvider{URL: "http://" + addr, cmd: exec.Command(bin, "-addr", addr)}
+	if pki != nil {
+		f.URL = fmt.Sprintf("https://localhost:%d", port)
+		f.cmd.Args = append(f.cmd.Args, "-tls-cert", pki.CertFile, "-tls-key", pki.KeyFile)
+	}
 	if err := f.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
