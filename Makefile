@@ -79,7 +79,8 @@ loadtest:
 # Envoy holds two per stream).
 STREAMS_STEPS ?= 1000,2500,5000,9000
 STREAMS_HOLD ?= 45s
-STREAMS_PROVIDER ?= h1  # h2: the provider over TLS with HTTP/2
+# STREAMS_PROVIDER=h2: the provider over TLS with HTTP/2 (one file per stream in Envoy).
+STREAMS_PROVIDER ?= h1
 loadtest-streams:
 	@mkdir -p .tmp
 	ENVOY_BIN="$$(scripts/envoy-path.sh)" STREAMS_STEPS=$(STREAMS_STEPS) STREAMS_HOLD=$(STREAMS_HOLD) STREAMS_PROVIDER=$(STREAMS_PROVIDER) STREAMS_OUT=$(CURDIR)/.tmp/loadtest-streams.txt \
