@@ -205,6 +205,8 @@ func (s *apiServer) installCRDs(t *testing.T, file string) {
 // accepts under strict validation; the mistakes helm lets through are not.
 func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 	s := startAPIServer(t)
+	// KEDA's ScaledObject, in the chart's KEDA case.
+	s.installCRDs(t, moduleAt(t, kedaModule)+"/config/crd/bases/keda.sh_scaledobjects.yaml")
 	t.Run("chart", func(t *testing.T) { chartAgainst(t, s) })
 	t.Run("envoy-gateway", func(t *testing.T) {
 		dir := moduleDir(t, "egctl", "github.com/envoyproxy/gateway") + "/charts/gateway-helm/charts/crds/crds"
@@ -260,6 +262,22 @@ func moduleDir(t *testing.T, tool, module string) string {
 		t.Fatalf("go list -m %s: %v", module, err)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// kedaModule ships the CRDs of the KEDA release the chart's ScaledObject
+// is written for.
+const kedaModule = "github.com/kedacore/keda/v2@v2.21.0"
+
+// moduleAt downloads module@version (no tool builds from it) and returns
+// its directory in the module cache.
+func moduleAt(t *testing.T, moduleVersion string) string {
+	t.Helper()
+	out, err := exec.Command("go", "mod", "download", "-json", moduleVersion).Output()
+	var m struct{ Dir, Error string }
+	if err != nil || json.Unmarshal(out, &m) != nil || m.Dir == "" {
+		t.Fatalf("go mod download %s: %v %s %s", moduleVersion, err, m.Error, out)
+	}
+	return m.Dir
 }
 
 func chartAgainst(t *testing.T, s *apiServer) {
