@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // The cluster's addresses. Pods get 10.213.0.0/24 on the bridge aifw0,
@@ -218,8 +219,21 @@ func killShims(dir string) {
 }
 
 // removeCgroups removes the cluster's cgroups in every hierarchy, children
-// before parents.
+// before parents; processes killed a moment ago may take a little while
+// to leave them.
 func removeCgroups(note func(string, ...any)) {
+	for range 25 {
+		var left []string
+		removeCgroupsOnce(func(format string, a ...any) { left = append(left, fmt.Sprintf(format, a...)) })
+		if len(left) == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	removeCgroupsOnce(note)
+}
+
+func removeCgroupsOnce(note func(string, ...any)) {
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*" + cgroupRoot)
 	for _, root := range roots {
 		var dirs []string
