@@ -88,6 +88,9 @@ func TestLiveCluster(t *testing.T) {
 				t.Fatalf("pod %s survived the upgrade: the changed configuration did not roll the pods", uid)
 			}
 		}
+		// The old pods drain (and answer at the old prices) for a few
+		// seconds more: what follows expects only the new ones.
+		waitReplaced(t, c, "app.kubernetes.io/instance=gw", before)
 		usage = chat(t, "http://"+ip+":8000", "gateway-user-2")
 		testenv.WaitSpent(t, client, budgetKey("gateway-user-2"), usage.cost(300, 1200))
 
