@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the pinned deployment tools into .tools/bin, each only when it is
-# missing: helm, etcd, egctl, istioctl and Kubernetes (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubelet, kube-proxy), from the modules
-# under deploy/tools (versions in their go.mod). Cold on a 2-core machine:
-# kube-apiserver ~12 min, egctl ~10, istioctl ~10, helm ~3, etcd ~2; with
-# a warm Go build cache, seconds each.
+# missing: helm, etcd, egctl, istioctl, CoreDNS and Kubernetes
+# (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+# kube-proxy), from the modules under deploy/tools (versions in their
+# go.mod). All of them from cold Go caches on a 2-core machine: about 13-14
+# minutes (they share most packages; a cold CI run took 28 min 20 s, of
+# which its tests about 14); with a warm Go build cache, seconds each.
 #
 # Built tools are kept outside the clone too, in AIFIREWALL_TOOLS_CACHE
 # (default ~/.cache/aifirewall-tools), under a key of the tool's module
