@@ -19,7 +19,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -33,7 +32,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
@@ -88,7 +86,6 @@ func Start(t *testing.T, o Options) *Cluster {
 			t.Errorf("remove %s: %v", dir, err)
 		}
 	})
-	c.client = &http.Client{Timeout: 30 * time.Second}
 	c.startControlPlane(t)
 	c.startNode(t)
 	return c
@@ -103,11 +100,8 @@ func (c *Cluster) Dir() string { return c.dir }
 // Do sends an API request as the administrator; body is JSON or "".
 func (c *Cluster) Do(t *testing.T, method, path, body string) (int, string) {
 	t.Helper()
-	if c.client.Transport == nil {
-		pool := x509.NewCertPool()
-		ca, _ := os.ReadFile(c.CAFile)
-		pool.AppendCertsFromPEM(ca)
-		c.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	if c.client == nil {
+		return 0, "the API server has not started"
 	}
 	req, _ := http.NewRequest(method, c.APIServer+path, strings.NewReader(body))
 	req.Header.Set("authorization", "Bearer "+c.tokens["admin"])

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,6 +30,8 @@ func (c *Cluster) startControlPlane(t *testing.T) {
 	t.Helper()
 	pki := testinfra.NewPKIFor(t, "", "localhost")
 	c.CAFile = pki.CAFile
+	c.client = &http.Client{Timeout: 30 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.CAPool}}}
 	var tokens strings.Builder
 	for i, id := range identities {
 		tok := fmt.Sprintf("aifw-test-%s-%d-%d", id.name, os.Getpid(), i)
