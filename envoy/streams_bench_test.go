@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -63,6 +64,15 @@ func openStreams(t testing.TB) {
 			t.Fatalf("STREAMS_STEPS: %q", f)
 		}
 		steps = append(steps, n)
+	}
+	// Envoy, the sidecar and the fake provider inherit the limit: raise
+	// the soft one to the hard one (20,000 here, both).
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			t.Logf("open-file limit stays %d: %v", lim.Cur, err)
+		}
 	}
 	hold := 45 * time.Second
 	if d, err := time.ParseDuration(os.Getenv("STREAMS_HOLD")); err == nil && d > 0 {
