@@ -190,15 +190,20 @@ func (c *Cluster) file(t *testing.T, name, content string) string {
 	return p
 }
 
-// serviceAccountKeys writes the key pair service account tokens are
-// signed with.
-func (c *Cluster) serviceAccountKeys(t *testing.T) (key, pub string) {
+// WriteServiceAccountKeys writes into dir the key pair an API server signs
+// service account tokens with, and returns the two files.
+func WriteServiceAccountKeys(t testing.TB, dir string) (key, pub string) {
 	t.Helper()
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.MarshalECPrivateKey(k)
 	pubDER, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	key = c.file(t, "sa.key", string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})))
-	pub = c.file(t, "sa.pub", string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})))
+	key, pub = filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return key, pub
 }
 

@@ -52,7 +52,7 @@ func (c *Cluster) startControlPlane(t *testing.T) {
 		"--listen-metrics-urls", fmt.Sprintf("http://127.0.0.1:%d", testinfra.FreePort(t)))
 	testinfra.WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", etcdPort), 30*time.Second)
 
-	saKey, saPub := c.serviceAccountKeys(t)
+	saKey, saPub := WriteServiceAccountKeys(t, c.dir)
 	apiPort := testinfra.FreePort(t)
 	c.APIServer = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 	c.start(t, "kube-apiserver", c.tool(t, "kube-apiserver"), "--etcd-servers", etcdURL,

@@ -4,13 +4,8 @@ package deploytest
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aifirewall/aifirewall/deploy/cluster"
 	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
@@ -50,12 +46,7 @@ func startAPIServer(t *testing.T) *apiServer {
 	}
 	testinfra.WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", client), 30*time.Second)
 
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, _ := x509.MarshalECPrivateKey(key)
-	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	saKey, saPub := filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
-	os.WriteFile(saKey, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
-	os.WriteFile(saPub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o600)
+	saKey, saPub := cluster.WriteServiceAccountKeys(t, dir)
 	const token = "deploy-test-token"
 	tokens := filepath.Join(dir, "tokens.csv")
 	os.WriteFile(tokens, []byte(token+",admin,admin,system:masters\n"), 0o600)
