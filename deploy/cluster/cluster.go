@@ -103,13 +103,20 @@ func (c *Cluster) Do(t *testing.T, method, path, body string) (int, string) {
 	if c.client == nil {
 		return 0, "the API server has not started"
 	}
-	req, _ := http.NewRequest(method, c.APIServer+path, strings.NewReader(body))
-	req.Header.Set("authorization", "Bearer "+c.tokens["admin"])
+	return APIRequest(c.client, c.APIServer, c.tokens["admin"], method, path, body)
+}
+
+// APIRequest sends a Kubernetes API request with a bearer token; body is
+// JSON (a merge patch for PATCH) or "". It returns the status and body, or
+// 0 and the error.
+func APIRequest(client *http.Client, base, token, method, path, body string) (int, string) {
+	req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+	req.Header.Set("authorization", "Bearer "+token)
 	req.Header.Set("content-type", "application/json")
 	if method == "PATCH" {
 		req.Header.Set("content-type", "application/merge-patch+json")
 	}
-	resp, err := c.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err.Error()
 	}

@@ -3,11 +3,9 @@
 package deploytest
 
 import (
-	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -92,16 +90,7 @@ func startAPIServer(t *testing.T) *apiServer {
 
 func (s *apiServer) do(t *testing.T, method, path string, body []byte) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, s.url+path, bytes.NewReader(body))
-	req.Header.Set("authorization", "Bearer "+s.token)
-	req.Header.Set("content-type", "application/json")
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return cluster.APIRequest(s.client, s.url, s.token, method, path, string(body))
 }
 
 // resources maps the built-in kinds the manifests use to their plural
