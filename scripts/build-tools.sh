@@ -35,6 +35,8 @@ build() { # name, module dir, package, [ldflags]
 build helm helm helm.sh/helm/v3/cmd/helm
 build etcd etcd go.etcd.io/etcd/server/v3
 build egctl egctl github.com/envoyproxy/gateway/cmd/egctl
+# Envoy Gateway's controller, run standalone by the deploy tests.
+build envoy-gateway egctl github.com/envoyproxy/gateway/cmd/envoy-gateway
 build istioctl istioctl istio.io/istio/istioctl/cmd/istioctl
 # kubectl and clients parse the version: it must be set at build time.
 kubever="-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"

@@ -126,6 +126,8 @@ func TestEnvoyGatewayAcceptsTheEgress(t *testing.T) {
 		`"perConnectionBufferLimitBytes":8388608`, `"timeout":"0s"`,
 		// The route's name tells the firewall the provider.
 		`"requestAttributes":["xds.route_name"]`,
+		// The provider is asked for by its own name, not the gateway's.
+		`"hostRewriteLiteral":"api.openai.com"`, `"hostRewriteLiteral":"api.anthropic.com"`,
 		// The gateway puts the keys on, after ext_proc, and reaches the
 		// firewall over TLS to its Service's name, with a client certificate.
 		`credential_injector.v3.CredentialInjector`, `"sni":"aifirewall.aifirewall.svc"`,
