@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned deployment tools into .tools/bin, each only when it is
-# missing: helm, etcd, egctl, istioctl, CoreDNS and Kubernetes
+# missing: helm, etcd, egctl, envoy-gateway, istioctl, pilot-discovery,
+# pilot-agent, CoreDNS and Kubernetes
 # (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kube-proxy), from the modules under deploy/tools (versions in their
 # go.mod). All of them from cold Go caches on a 2-core machine: about 13-14
@@ -38,6 +39,9 @@ build egctl egctl github.com/envoyproxy/gateway/cmd/egctl
 # Envoy Gateway's controller, run standalone by the deploy tests.
 build envoy-gateway egctl github.com/envoyproxy/gateway/cmd/envoy-gateway
 build istioctl istioctl istio.io/istio/istioctl/cmd/istioctl
+# istiod and its node agent, run by the deploy tests.
+build pilot-discovery istioctl istio.io/istio/pilot/cmd/pilot-discovery
+build pilot-agent istioctl istio.io/istio/pilot/cmd/pilot-agent
 # kubectl and clients parse the version: it must be set at build time.
 kubever="-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kubever"

@@ -3,9 +3,7 @@
 package deploytest
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -62,25 +60,7 @@ func TestEnvoyGatewayController(t *testing.T) {
 	// a CDN in front of them does (another name gets 421).
 	up := &fakellm.Server{ExpectKey: "sk-eg-openai"}
 	ant := &fakellm.Server{ExpectKey: "sk-eg-anthropic"}
-	byHost := map[string]http.Handler{"api.openai.com": up, "api.anthropic.com": ant}
-	cert, err := tls.LoadX509KeyPair(pki.CertFile, pki.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", ns.HostIP+":443", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	prov := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h, ok := byHost[r.Host]
-		if !ok {
-			http.Error(w, "misdirected request: "+r.Host, http.StatusMisdirectedRequest)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})}
-	go prov.Serve(ln)
-	t.Cleanup(func() { prov.Close() })
+	serveTLS(t, ns.HostIP+":443", pki, map[string]http.Handler{"api.openai.com": up, "api.anthropic.com": ant})
 
 	// The firewall as deploy/envoy-gateway/values.yaml runs it: no provider
 	// key, ext_proc over mutual TLS admitting the gateway's identity only.
@@ -107,23 +87,11 @@ func TestEnvoyGatewayController(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var log testinfra.LogBuffer
 	if out, err := exec.Command(egBin, "certgen", "--local", "--config-home", filepath.Join(dir, "config")).CombinedOutput(); err != nil {
 		t.Fatalf("envoy-gateway certgen: %v\n%s", err, out)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := ns.Command(ctx, egBin, "server", "--config-path", egCfg)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("envoy-gateway output (tail):\n%s", testinfra.Tail(log.String(), 80))
-		}
-	})
+	log := start(t, "envoy-gateway", ns.Command(ctx, egBin, "server", "--config-path", egCfg), cancel)
 
 	// The statuses it reports: everything accepted and resolved, the
 	// listener programmed. The Gateway itself is not Programmed on a host:
@@ -216,29 +184,12 @@ func checkEgressDataPath(t *testing.T, base string, up, ant *fakellm.Server, rdb
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("streamed request: %d %s", resp.StatusCode, b)
 	}
-	var text strings.Builder
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok || line == "[DONE]" {
-			continue
-		}
-		var chunk struct {
-			Choices []struct {
-				Delta struct{ Content string } `json:"delta"`
-			} `json:"choices"`
-			Usage any `json:"usage"`
-		}
-		json.Unmarshal([]byte(line), &chunk)
-		if chunk.Usage != nil {
-			t.Fatal("the usage the firewall asked for reached a client that did not ask for it")
-		}
-		for _, c := range chunk.Choices {
-			text.WriteString(c.Delta.Content)
-		}
+	text, usage := chatText(resp.Body)
+	if usage {
+		t.Fatal("the usage the firewall asked for reached a client that did not ask for it")
 	}
-	if text.String() != fakellm.Answer(10) {
-		t.Fatalf("answer %q", text.String())
+	if text != fakellm.Answer(10) {
+		t.Fatalf("answer %q", text)
 	}
 	testenv.WaitSpent(t, rdb, billing.BudgetKey("eg-user", billing.Day(time.Now(), time.UTC)), 1000*150+10*600)
 

@@ -77,9 +77,15 @@ func (n *Netns) WriteEtc(t testing.TB, rel, content string) {
 	}
 }
 
-// Command runs name inside the namespace.
+// Command runs name inside the namespace, in a process group of its own:
+// ctx's end kills the group, children too (an agent's Envoy), and Wait
+// gives up on their output 5 s later.
 func (n *Netns) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
 }
 
 // remove kills what still runs in the namespace, deletes it (its veth end
@@ -102,4 +108,5 @@ func (n *Netns) remove() {
 	exec.Command("ip", "netns", "delete", n.Name).Run()
 	exec.Command("ip", "link", "delete", n.Name+"-h").Run()
 	os.RemoveAll(n.etc)
+	os.Remove(filepath.Dir(n.etc)) // /etc/netns, when nothing else is in it
 }
