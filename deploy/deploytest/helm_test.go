@@ -181,6 +181,8 @@ var matrix = []struct {
 		"AuthorizationPolicy DestinationRule DestinationRule DestinationRule EnvoyFilter Gateway PeerAuthentication ServiceEntry ServiceEntry VirtualService VirtualService Pod"},
 	{"extproc, Istio's every-sidecar values", "../istio/values-mesh-sidecars.yaml", nil, "NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler " +
 		"AuthorizationPolicy DestinationRule DestinationRule EnvoyFilter PeerAuthentication ServiceEntry Pod"},
+	{"gateway, workloads confined", "", []string{"workloadEgress.namespaces={apps,ci}", "workloadEgress.extraTo[0].ipBlock.cidr=10.0.0.1/32"},
+		"NetworkPolicy NetworkPolicy NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
 	{"sidecar", "", []string{"mode=sidecar"}, ""},
 	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},
 	{"sidecar, providers file, example", "testdata/providers-values.yaml", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "ConfigMap Deployment"},
@@ -363,10 +365,22 @@ func TestChartRefusesBadValues(t *testing.T) {
 			"gateway.autoscaling.keda.prometheusAddress: the Prometheus KEDA queries"},
 		{append([]string{"mode=extproc", "extproc.authenticatedByMesh=true", "istio.egressGateway.enabled=true"}, base...),
 			"istio: the mesh objects are rendered from the providers file"},
+		{append([]string{"workloadEgress.namespaces={Apps}"}, base...), `at '/workloadEgress/namespaces/0'`},
+		{append([]string{"workloadEgress.namespaces={default}"}, base...), "workloadEgress.namespaces: default is this release's namespace"},
+		{append([]string{"mode=sidecar", "workloadEgress.namespaces={apps}"}, base...), "workloadEgress: with the firewall beside each workload"},
 	} {
 		if out, err := helm(t, "template", "", c.set...); err == nil || !strings.Contains(out, c.want) {
 			t.Errorf("%v: %v %s", c.set, err, out)
 		}
+	}
+	// Confining the Istio egress gateway's own namespace would cut it off.
+	if out, err := helm(t, "template", "../istio/values.yaml", append([]string{"workloadEgress.namespaces={apps,istio-system}"}, base...)...); err == nil ||
+		!strings.Contains(out, "istio-system is the egress gateway's namespace") {
+		t.Errorf("workloadEgress of the egress gateway's namespace: %v %s", err, out)
+	}
+	if out, err := helm(t, "template", "../istio/values-mesh-sidecars.yaml", append([]string{"workloadEgress.namespaces={apps}"}, base...)...); err == nil ||
+		!strings.Contains(out, "workloadEgress: with the firewall beside each workload") {
+		t.Errorf("workloadEgress with every sidecar: %v %s", err, out)
 	}
 }
 

@@ -270,6 +270,9 @@ func chartAgainst(t *testing.T, s *apiServer) {
 			if strings.Contains(fmt.Sprint(d["apiVersion"]), ".istio.io/") {
 				continue // Istio's CRDs come in the istio subtest, with llm-egress.yaml: this output
 			}
+			if ns, _ := get(d, "metadata", "namespace").(string); ns != "" {
+				s.create(t, doc{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}})
+			}
 			if st, b := s.dryRun(t, d); st != 201 {
 				t.Errorf("%s: %v %v: %d %s", m.name, d["kind"], get(d, "metadata", "name"), st, b)
 			}
