@@ -17,6 +17,7 @@ type Redis struct {
 	Host string // the address it binds: 127.0.0.1 unless StartRedisOn says
 	Port int
 	args []string // more redis-server arguments
+	dir  string   // its working directory (a replica writes the RDB there)
 	cmd  *exec.Cmd
 	log  LogBuffer
 }
@@ -35,7 +36,7 @@ func StartRedisOn(t testing.TB, host string) *Redis {
 	if bin == "" {
 		Missing(t, "redis-server", "install it with `apt-get install redis-server`")
 	}
-	r := &Redis{t: t, bin: bin, Host: host, Port: FreePort(t)}
+	r := &Redis{t: t, bin: bin, Host: host, Port: FreePort(t), dir: t.TempDir()}
 	r.Start()
 	t.Cleanup(func() { r.Stop() })
 	return r
@@ -52,6 +53,9 @@ func (r *Redis) Start() {
 	r.t.Helper()
 	r.cmd = exec.Command(r.bin, "--port", strconv.Itoa(r.Port), "--bind", r.Host,
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
+		// A replica writes the RDB its primary sends: in the test's
+		// directory, not the package's.
+		"--dir", r.dir,
 		// Off the loopback (a test cluster's pods call it), protected mode
 		// would refuse every client: there is no password.
 		"--protected-mode", map[bool]string{true: "yes", false: "no"}[r.Host == "127.0.0.1"])
@@ -185,7 +189,7 @@ func StartSentinel(t testing.TB, downAfter time.Duration) *Sentinel {
 	t.Helper()
 	s := &Sentinel{Primary: StartRedis(t)}
 	bin := s.Primary.bin
-	s.Replica = &Redis{t: t, bin: bin, Host: "127.0.0.1", Port: FreePort(t),
+	s.Replica = &Redis{t: t, bin: bin, Host: "127.0.0.1", Port: FreePort(t), dir: t.TempDir(),
 		args: []string{"--replicaof", "127.0.0.1", strconv.Itoa(s.Primary.Port)}}
 	s.Replica.Start()
 	t.Cleanup(s.Replica.Stop)
