@@ -88,9 +88,12 @@ type Config struct {
 	// client certificate). Empty: "keys" when KEYS_FILE is set, else "shared".
 	IdentityMode string `env:"IDENTITY_MODE"`
 	// The operator API (gRPC), served only when ADMIN_TOKEN is set.
-	OperatorAddr   string `env:"OPERATOR_ADDR" envDefault:":9091"`
-	AdminToken     string `env:"ADMIN_TOKEN"`
-	KeysFile       string `env:"KEYS_FILE"`
+	OperatorAddr string `env:"OPERATOR_ADDR" envDefault:":9091"`
+	AdminToken   string `env:"ADMIN_TOKEN"`
+	KeysFile     string `env:"KEYS_FILE"`
+	// BUDGETS_FILE: budgets beyond the default daily one (teams, months,
+	// models, audit), re-read when it changes.
+	BudgetsFile    string `env:"BUDGETS_FILE"`
 	TrustXFCC      bool   `env:"TRUST_XFCC" envDefault:"false"`
 	LogLevel       string `env:"LOG_LEVEL" envDefault:"info"`
 	MetricsPerUser bool   `env:"METRICS_PER_USER" envDefault:"false"`

@@ -27,6 +27,9 @@ type Caller struct {
 	User string
 	// Limit overrides the default daily limit when not zero.
 	Limit billing.Nanos
+	// Groups the caller belongs to (teams), for the budgets that name
+	// them; only ever from a verified source (the keys file).
+	Groups []string
 }
 
 // Authenticator turns a request into a Caller. Its errors are safe to show

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"unicode"
 
 	"sigs.k8s.io/yaml"
 
@@ -21,6 +22,7 @@ import (
 //	  - sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 //	    user: alice
 //	    daily_limit: "2.50"   # optional, USD
+//	    groups: [payments]    # optional: teams, for budgets naming them
 //
 // The file is re-read when its content changes, without a restart; a file
 // that fails to parse leaves the previous keys in force.
@@ -35,9 +37,10 @@ type keysDoc struct {
 	// A pointer: a file without a keys list (empty, or caught half
 	// written by an editor) is an error, never "no keys".
 	Keys *[]struct {
-		SHA256     string `json:"sha256"`
-		User       string `json:"user"`
-		DailyLimit string `json:"daily_limit"`
+		SHA256     string   `json:"sha256"`
+		User       string   `json:"user"`
+		DailyLimit string   `json:"daily_limit"`
+		Groups     []string `json:"groups"`
 	} `json:"keys"`
 }
 
@@ -89,7 +92,12 @@ func parseKeys(raw []byte) (map[[32]byte]Caller, error) {
 		if e.User == "" {
 			return nil, fmt.Errorf("keys[%d]: user is empty", i)
 		}
-		c := Caller{User: e.User}
+		c := Caller{User: e.User, Groups: e.Groups}
+		for _, g := range e.Groups {
+			if g == "" || len(g) > 128 || strings.ContainsFunc(g, unicode.IsControl) {
+				return nil, fmt.Errorf("keys[%d]: group %q: give a name of 1 to 128 printable characters", i, g)
+			}
+		}
 		if e.DailyLimit != "" {
 			if c.Limit, err = billing.ParseUSD(e.DailyLimit); err != nil || c.Limit == 0 {
 				return nil, fmt.Errorf("keys[%d]: daily_limit %q is not a positive dollar amount", i, e.DailyLimit)

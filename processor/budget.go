@@ -20,8 +20,17 @@ const budgetPath = "/v1/budget"
 // BudgetReport is the body of GET /v1/budget. Amounts are decimal USD
 // strings (and exact nano-dollar integers), never floats.
 type BudgetReport struct {
-	User          string `json:"user"`
-	Day           string `json:"day"`
+	User string `json:"user"`
+	Day  string `json:"day"`
+	Standing
+	// Budgets are those of the budgets file that apply to the caller
+	// (some only to certain providers or models: see their scope).
+	Budgets []BudgetStanding `json:"budgets,omitempty"`
+}
+
+// Standing is where a budget stands: its limit, spend, open reservations,
+// what remains, and when it resets.
+type Standing struct {
 	LimitUSD      string `json:"limit_usd"`
 	SpentUSD      string `json:"spent_usd"`
 	ReservedUSD   string `json:"reserved_usd"`
@@ -30,6 +39,23 @@ type BudgetReport struct {
 	SpentNanos    int64  `json:"spent_nanos"`
 	ReservedNanos int64  `json:"reserved_nanos"`
 	Reset         string `json:"reset"`
+}
+
+func standingOf(b billing.Budget, reset time.Time) Standing {
+	return Standing{LimitUSD: b.Limit.Decimal(), SpentUSD: b.Spent.Decimal(), ReservedUSD: b.Reserved.Decimal(), RemainingUSD: b.Remaining().Decimal(),
+		LimitNanos: int64(b.Limit), SpentNanos: int64(b.Spent), ReservedNanos: int64(b.Reserved), Reset: reset.UTC().Format(time.RFC3339)}
+}
+
+// BudgetStanding is one budget of the budgets file as it stands for the
+// caller.
+type BudgetStanding struct {
+	Name      string   `json:"name"`
+	Window    string   `json:"window"`
+	Period    string   `json:"period"`
+	Action    string   `json:"action"`
+	Providers []string `json:"providers,omitempty"`
+	Models    []string `json:"models,omitempty"`
+	Standing
 }
 
 func (r *request) budgetReply(ctx context.Context) *extprocv3.ProcessingResponse {
@@ -53,12 +79,12 @@ func (r *request) budgetReply(ctx context.Context) *extprocv3.ProcessingResponse
 		r.s.metrics.storeError("budget")
 		return r.deny(decisionStoreUnavailable, unavailable("the budget store is unreachable; retry shortly"))
 	}
-	body, _ := json.Marshal(BudgetReport{
-		User: r.user, Day: day,
-		LimitUSD: b.Limit.Decimal(), SpentUSD: b.Spent.Decimal(), ReservedUSD: b.Reserved.Decimal(), RemainingUSD: b.Remaining().Decimal(),
-		LimitNanos: int64(b.Limit), SpentNanos: int64(b.Spent), ReservedNanos: int64(b.Reserved),
-		Reset: billing.NextReset(now, r.s.cfg.Location).UTC().Format(time.RFC3339),
-	})
+	report := BudgetReport{User: r.user, Day: day, Standing: standingOf(b, billing.NextReset(now, r.s.cfg.Location))}
+	if report.Budgets, err = r.standings(ctx, now); err != nil {
+		r.s.metrics.storeError("budget")
+		return r.deny(decisionStoreUnavailable, unavailable("the budget store is unreachable; retry shortly"))
+	}
+	body, _ := json.Marshal(report)
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
 		ImmediateResponse: &extprocv3.ImmediateResponse{
 			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_OK},
@@ -67,6 +93,32 @@ func (r *request) budgetReply(ctx context.Context) *extprocv3.ProcessingResponse
 			Details: "aifirewall_budget",
 		},
 	}}
+}
+
+// standings reads every budget of the budgets file that applies to the
+// caller.
+func (r *request) standings(ctx context.Context, now time.Time) ([]BudgetStanding, error) {
+	if r.s.cfg.Budgets == nil || r.s.cfg.Budgets.Load() == nil {
+		return nil, nil
+	}
+	var out []BudgetStanding
+	f := r.s.cfg.Budgets.Load()
+	for i := range f.Budgets {
+		bg := &f.Budgets[i]
+		if !bg.AppliesTo(r.user, r.caller.Groups) {
+			continue
+		}
+		period, reset := bg.Window.Period(now, r.s.cfg.Location)
+		sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
+		b, err := r.s.store.Budget(sctx, bg.Counter(r.user), period, bg.Limit)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, BudgetStanding{Name: bg.Name, Window: string(bg.Window), Period: period, Action: bg.Action,
+			Providers: bg.Providers, Models: bg.Models, Standing: standingOf(b, reset)})
+	}
+	return out, nil
 }
 
 // deny answers the client with e, counting and recording the decision.

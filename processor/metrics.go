@@ -24,6 +24,8 @@ type Metrics struct {
 	swaps       prometheus.Counter
 	panics      prometheus.Counter
 	userCost    *prometheus.CounterVec // nil unless per-user series are enabled
+	budgetCost  *prometheus.CounterVec // by budget of the budgets file
+	auditOver   *prometheus.CounterVec
 }
 
 // Decisions a request can end its request phase with.
@@ -81,7 +83,15 @@ func NewMetrics(reg prometheus.Registerer, perUser bool) *Metrics {
 			Name: "aifirewall_request_panics_total", Help: "Requests failed by a panic in the sidecar (settled at their estimate).",
 		}),
 	}
-	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open, m.streams, m.distrust, m.swaps, m.panics)
+	// Budgets are the operator's file's: a bounded label.
+	m.budgetCost = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "aifirewall_budget_cost_usd_total", Help: "Spend billed to each budget of the budgets file, in USD.",
+	}, []string{"budget"})
+	m.auditOver = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "aifirewall_budget_audit_exceeded_total", Help: "Requests admitted past the limit of an audit budget.",
+	}, []string{"budget"})
+	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open, m.streams, m.distrust, m.swaps, m.panics,
+		m.budgetCost, m.auditOver)
 	if perUser {
 		m.userCost = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aifirewall_user_cost_usd_total", Help: "Spend billed, in USD, by user (METRICS_PER_USER).",
@@ -150,6 +160,18 @@ func (m *Metrics) distrusted() {
 func (m *Metrics) modelSwap() {
 	if m != nil {
 		m.swaps.Inc()
+	}
+}
+
+func (m *Metrics) budgetCharged(budget string, cost billing.Nanos) {
+	if m != nil {
+		m.budgetCost.WithLabelValues(budget).Add(float64(cost) / float64(billing.NanosPerUSD))
+	}
+}
+
+func (m *Metrics) overAuditBudget(budget string) {
+	if m != nil {
+		m.auditOver.WithLabelValues(budget).Inc()
 	}
 }
 

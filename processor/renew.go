@@ -15,16 +15,16 @@ import (
 // so only a dead sidecar's reservations ever expire.
 type holds struct {
 	mu sync.Mutex
-	m  map[*request]billing.Hold
+	m  map[*request][]billing.Hold // a request's default budget and its budgets' counters
 }
 
-func (h *holds) add(r *request, hold billing.Hold) {
+func (h *holds) add(r *request, hs []billing.Hold) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.m == nil {
-		h.m = map[*request]billing.Hold{}
+		h.m = map[*request][]billing.Hold{}
 	}
-	h.m[r] = hold
+	h.m[r] = hs
 }
 
 func (h *holds) remove(r *request) {
@@ -37,8 +37,8 @@ func (h *holds) snapshot() []billing.Hold {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := make([]billing.Hold, 0, len(h.m))
-	for _, hold := range h.m {
-		out = append(out, hold)
+	for _, hs := range h.m {
+		out = append(out, hs...)
 	}
 	return out
 }

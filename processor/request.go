@@ -46,6 +46,7 @@ type request struct {
 	budget     billing.Budget // at admission, this request's reservation included
 	estimate   billing.Nanos  // what was reserved
 	admitted   bool           // a reservation is held: settlement must release it
+	charges    []charge       // the budgets of the budgets file it counts against
 	panicked   bool           // a panic ended the request: settle at the estimate
 
 	meter     provider.Meter
@@ -219,8 +220,14 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 		r.log.Info("over budget", "spent_nanos", int64(bud.Spent), "reserved_nanos", int64(bud.Reserved))
 		return r.deny(decisionOverBudget, overBudget(bud, reset, now))
 	}
+	if e := r.admitBudgets(ctx, now, estimate); e != nil {
+		if e.status == 402 {
+			return r.deny(decisionOverBudget, e)
+		}
+		return r.deny(decisionStoreUnavailable, e)
+	}
 	r.admitted, r.estimate = true, estimate
-	r.s.holds.add(r, billing.Hold{User: r.user, Day: r.day, RequestID: r.id})
+	r.s.holds.add(r, r.holdsOf())
 	r.s.metrics.reservation(1)
 	r.s.metrics.decision(decisionAllowed)
 	r.log.Debug("admitted", "prompt_tokens", req.PromptTokens, "stream", req.Stream, "reserved_nanos", int64(estimate))
@@ -246,7 +253,7 @@ func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processin
 	}
 	mut := &extprocv3.HeaderMutation{}
 	if r.admitted {
-		for k, v := range budgetHeaders(r.budget, billing.NextReset(r.s.now(), r.s.cfg.Location), nil) {
+		for k, v := range r.budgetHeadersOf(r.s.now()) {
 			mut.SetHeaders = append(mut.SetHeaders, header(k, v))
 		}
 		if r.sse && r.req.UsageInjected {
@@ -402,6 +409,7 @@ func (r *request) settle() {
 		"cached_tokens", u.CacheRead, "reasoning_tokens", u.Reasoning,
 		"cost_nanos", int64(cost), "status", r.status, "complete", r.ended)
 	r.s.cfg.Settler.Settle(billing.Settlement{User: r.user, Day: r.day, RequestID: r.id, Amount: cost}, r.log)
+	r.settleCharges(cost)
 }
 
 // resolveUser names the budget holder: the caller's own identity when it

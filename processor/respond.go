@@ -169,6 +169,10 @@ func validUser(u string) *apiError {
 	if len(u) > 256 {
 		return invalidRequest("user", "the user id is longer than 256 bytes; send a shorter x-user-id or 'user'")
 	}
+	if strings.HasPrefix(u, "budget=") {
+		// The budgets' counters are named so in the store.
+		return invalidRequest("user", "a user id may not start with 'budget='; choose another")
+	}
 	for _, c := range u {
 		if unicode.IsControl(c) || c == '{' || c == '}' {
 			return invalidRequest("user", "the user id contains a control character or a brace; use letters, digits and punctuation")

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/budgets"
 	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/processor/provider"
 	"github.com/aifirewall/aifirewall/providers"
@@ -52,6 +53,9 @@ type Config struct {
 	// DefaultOutputTokens estimates the output of a request that sets no
 	// max_tokens, for its reservation.
 	DefaultOutputTokens int64
+	// Budgets are the budgets file's, swapped whole when it changes; nil
+	// or empty: the default budget alone.
+	Budgets *atomic.Pointer[budgets.File]
 }
 
 // Server implements Envoy's ExternalProcessor service.

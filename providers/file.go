@@ -13,11 +13,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/goccy/go-yaml"
-	"github.com/goccy/go-yaml/ast"
-	"github.com/goccy/go-yaml/parser"
-
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/internal/strictyaml"
 	"github.com/aifirewall/aifirewall/processor/provider"
 )
 
@@ -77,19 +74,9 @@ func Load(path string) (*File, error) {
 // every inconsistency are errors naming the file, line and field.
 func Parse(name string, raw []byte) (*File, error) {
 	var f File
-	if err := yaml.UnmarshalWithOptions(raw, &f, yaml.Strict()); err != nil {
-		var ye yaml.Error
-		if errors.As(err, &ye) {
-			return nil, fmt.Errorf("%s:%d: %s", name, ye.GetToken().Position.Line, ye.GetMessage())
-		}
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	tree, err := parser.ParseBytes(raw, 0)
+	fail, err := strictyaml.Decode(name, raw, &f)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	fail := func(path, format string, args ...any) error {
-		return fmt.Errorf("%s:%d: %s: %s", name, lineOf(tree, path), strings.TrimPrefix(path, "$."), fmt.Sprintf(format, args...))
+		return nil, err
 	}
 	if err := f.check(fail); err != nil {
 		return nil, err
@@ -97,25 +84,7 @@ func Parse(name string, raw []byte) (*File, error) {
 	return &f, nil
 }
 
-type failer func(path, format string, args ...any) error
-
-// lineOf finds the line of the node at path ($.providers[1].name), or of
-// its nearest ancestor present in the file.
-func lineOf(tree *ast.File, path string) int {
-	for p := path; p != "$"; {
-		if yp, err := yaml.PathString(p); err == nil {
-			if n, err := yp.FilterFile(tree); err == nil && n != nil {
-				return n.GetToken().Position.Line
-			}
-		}
-		i := strings.LastIndexAny(p, ".[")
-		if i <= 0 {
-			break
-		}
-		p = p[:i]
-	}
-	return 1
-}
+type failer = strictyaml.Fail
 
 var (
 	nameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -20,6 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/budgets"
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/internal/envoydrain"
@@ -70,11 +72,15 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if cfg.ProviderKeysInExtProc {
 		upstreamKey = cfg.UpstreamAPIKey
 	}
+	budgetsFile, err := loadBudgets(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
 	proc := processor.New(processor.Config{
 		Auth: auth, Upstream: cfg.Provider, UpstreamKey: upstreamKey, Upstreams: ups, Policy: policy(cfg), SendKeys: cfg.ProviderKeysInExtProc,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
 		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
-		Settler: settler, FailOpen: cfg.FailMode == "open",
+		Settler: settler, FailOpen: cfg.FailMode == "open", Budgets: budgetsFile,
 	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer, cfg.MetricsPerUser))
 
 	// Renewal outlives ctx: streams still draining after SIGTERM keep
@@ -294,6 +300,22 @@ func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.Key
 		log.Info("identity: the shared key, and per-user keys beside it", "file", cfg.KeysFile)
 		return identity.SharedAndKeys{Shared: shared, Keys: ring}, nil
 	}
+}
+
+// loadBudgets reads BUDGETS_FILE, if set, and keeps it fresh.
+func loadBudgets(ctx context.Context, cfg *config.Config, log *slog.Logger) (*atomic.Pointer[budgets.File], error) {
+	cur := &atomic.Pointer[budgets.File]{}
+	if cfg.BudgetsFile == "" {
+		return cur, nil
+	}
+	f, err := budgets.Load(cfg.BudgetsFile)
+	if err != nil {
+		return nil, fmt.Errorf("BUDGETS_FILE: %w", err)
+	}
+	cur.Store(f)
+	log.Info("budgets", "file", cfg.BudgetsFile, "budgets", len(f.Budgets))
+	go budgets.Watch(ctx, cfg.BudgetsFile, 2*time.Second, cur, log)
+	return cur, nil
 }
 
 // keyring loads the per-user keys (KEYS_FILE and operator-made ones) and

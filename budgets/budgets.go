@@ -1,0 +1,198 @@
+// Package budgets reads the budgets file: spending caps beyond the default
+// per-user daily budget, each with a scope (identities, groups, providers,
+// models), a calendar window (day, week, month in the budget time zone), a
+// limit in USD, and an action (block: 402; audit: never refuses, warns).
+//
+// Every budget a request matches is enforced on it: the request is
+// admitted only when each matching blocking budget has room, holds its
+// reservation on each, and settles on each. A budget's counter is one
+// key set of the budget store per window (per member with per: user), so
+// the store's atomic check-and-reserve, its exactly-once settlement and
+// the overshoot bound (limit plus one request's reservation) hold per
+// budget, with Redis Cluster too: each counter lives in one hash slot,
+// and no operation spans two.
+package budgets
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/internal/glob"
+	"github.com/aifirewall/aifirewall/internal/strictyaml"
+)
+
+// Budget is one budget of the file, checked.
+type Budget struct {
+	Name       string   `yaml:"name"`
+	Identities []string `yaml:"identities"` // patterns ("*" matches any run)
+	Groups     []string `yaml:"groups"`
+	Providers  []string `yaml:"providers"`
+	Models     []string `yaml:"models"` // patterns
+	Window     Window   `yaml:"window"`
+	// Per "user": each identity in scope has its own counter at the
+	// limit; empty: one counter shared by everyone in scope.
+	Per      string `yaml:"per"`
+	LimitUSD string `yaml:"limit_usd"`
+	Action   string `yaml:"action"` // block (default) or audit
+	// Warn: utilisation percentages at which answers carry a warning.
+	Warn []int `yaml:"warn"`
+
+	Limit billing.Nanos `yaml:"-"`
+}
+
+// File is a parsed budgets file.
+type File struct {
+	Budgets []Budget `yaml:"budgets"`
+}
+
+// Load reads and checks the budgets file at path.
+func Load(path string) (*File, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read budgets file: %w", err)
+	}
+	return Parse(path, raw)
+}
+
+// Parse checks raw strictly; errors name the file, line and field.
+func Parse(name string, raw []byte) (*File, error) {
+	var f File
+	fail, err := strictyaml.Decode(name, raw, &f)
+	if err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for i := range f.Budgets {
+		b := &f.Budgets[i]
+		at := fmt.Sprintf("$.budgets[%d]", i)
+		if err := b.check(at, fail); err != nil {
+			return nil, err
+		}
+		if names[b.Name] {
+			return nil, fail(at+".name", "budget %q is listed twice", b.Name)
+		}
+		names[b.Name] = true
+	}
+	return &f, nil
+}
+
+var (
+	// Budget names appear in Redis keys, metric labels and headers.
+	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	groupRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$`)
+)
+
+func (b *Budget) check(at string, fail strictyaml.Fail) error {
+	if !nameRE.MatchString(b.Name) {
+		return fail(at+".name", "%q must be lower-case letters, digits and dashes, at most 63", b.Name)
+	}
+	switch b.Window {
+	case Day, Week, Month:
+	case "":
+		return fail(at+".window", "set the window: day, week or month")
+	default:
+		return fail(at+".window", "%q is not a window: day, week or month", b.Window)
+	}
+	switch b.Per {
+	case "", "user":
+	default:
+		return fail(at+".per", "%q: per is \"user\" (a counter per identity) or absent (one shared counter)", b.Per)
+	}
+	switch b.Action {
+	case "":
+		b.Action = "block"
+	case "block", "audit":
+	default:
+		return fail(at+".action", "%q: the action is block (refuse with 402) or audit (never refuse; warn)", b.Action)
+	}
+	limit, err := billing.ParseUSD(b.LimitUSD)
+	if err != nil || limit <= 0 {
+		return fail(at+".limit_usd", "%q is not a positive amount of US dollars (e.g. \"250\" or \"12.50\")", b.LimitUSD)
+	}
+	b.Limit = limit
+	for j, g := range b.Groups {
+		if !groupRE.MatchString(g) {
+			return fail(fmt.Sprintf("%s.groups[%d]", at, j), "%q is not a group name", g)
+		}
+	}
+	for _, list := range []struct {
+		field string
+		v     []string
+	}{{"identities", b.Identities}, {"providers", b.Providers}, {"models", b.Models}} {
+		for j, v := range list.v {
+			if v == "" || len(v) > 256 {
+				return fail(fmt.Sprintf("%s.%s[%d]", at, list.field, j), "%q: give a non-empty name or pattern of at most 256 characters", v)
+			}
+		}
+	}
+	for j, w := range b.Warn {
+		if w < 1 || w > 100 {
+			return fail(fmt.Sprintf("%s.warn[%d]", at, j), "%d: a warning threshold is a percentage from 1 to 100", w)
+		}
+	}
+	slices.Sort(b.Warn)
+	return nil
+}
+
+// Audit says whether the budget only warns.
+func (b *Budget) Audit() bool { return b.Action == "audit" }
+
+// Matches says whether a request of user (a member of groups) to provider
+// for model counts against b. A budget naming neither identities nor
+// groups applies to everyone.
+func (b *Budget) Matches(user string, groups []string, provider, model string) bool {
+	return b.AppliesTo(user, groups) &&
+		(len(b.Providers) == 0 || slices.Contains(b.Providers, provider)) &&
+		(len(b.Models) == 0 || slices.ContainsFunc(b.Models, func(p string) bool { return glob.Match(p, model) }))
+}
+
+// AppliesTo says whether user (a member of groups) is in b's scope of
+// identities and groups, whatever the provider and model.
+func (b *Budget) AppliesTo(user string, groups []string) bool {
+	if len(b.Identities) == 0 && len(b.Groups) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(b.Identities, func(p string) bool { return glob.Match(p, user) }) ||
+		slices.ContainsFunc(b.Groups, func(g string) bool { return slices.Contains(groups, g) })
+}
+
+// Counter is the budget store's name for the counter a request of user
+// counts against: the budget's, or with per: user the user's own in it.
+// It is the store's "user" (one Redis hash slot), never a real identity's:
+// the prefix cannot start an identity (see processor validUser).
+func (b *Budget) Counter(user string) string {
+	if b.Per == "user" {
+		return "budget=" + b.Name + "=" + user
+	}
+	return "budget=" + b.Name
+}
+
+// Window is a calendar period in the budget time zone.
+type Window string
+
+const (
+	Day   Window = "day"
+	Week  Window = "week" // ISO weeks: Monday to Sunday
+	Month Window = "month"
+)
+
+// Period names the window holding t ("2026-12-01", "2026-W49",
+// "2026-12") and when it ends.
+func (w Window) Period(t time.Time, loc *time.Location) (string, time.Time) {
+	l := t.In(loc)
+	switch w {
+	case Week:
+		y, wk := l.ISOWeek()
+		// Back to this week's Monday, then on seven days.
+		back := (int(l.Weekday()) + 6) % 7
+		return fmt.Sprintf("%04d-W%02d", y, wk), time.Date(l.Year(), l.Month(), l.Day()-back+7, 0, 0, 0, 0, loc)
+	case Month:
+		return l.Format("2006-01"), time.Date(l.Year(), l.Month()+1, 1, 0, 0, 0, 0, loc)
+	default:
+		return billing.Day(t, loc), billing.NextReset(t, loc)
+	}
+}
