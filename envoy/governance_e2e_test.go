@@ -1,0 +1,173 @@
+package envoy_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aifirewall/aifirewall/internal/testenv"
+)
+
+// governance starts a stack whose callers are per-user keys (alice and
+// bob in group payments, carol in none) and whose budgets are file's.
+func governance(t *testing.T, budgets string) (*testenv.Stack, string) {
+	t.Helper()
+	dir := t.TempDir()
+	sum := func(k string) string { s := sha256.Sum256([]byte(k)); return hex.EncodeToString(s[:]) }
+	keys := filepath.Join(dir, "keys.yaml")
+	os.WriteFile(keys, []byte(fmt.Sprintf(`keys:
+  - {sha256: %s, user: alice, groups: [payments]}
+  - {sha256: %s, user: bob, groups: [payments]}
+  - {sha256: %s, user: carol}
+`, sum("alice-key"), sum("bob-key"), sum("carol-key"))), 0o600)
+	file := filepath.Join(dir, "budgets.yaml")
+	os.WriteFile(file, []byte(budgets), 0o600)
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001",
+		Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys, "BUDGETS_FILE=" + file}})
+	return s, file
+}
+
+type standings struct {
+	Budgets []struct {
+		Name          string `json:"name"`
+		Period        string `json:"period"`
+		LimitNanos    int64  `json:"limit_nanos"`
+		SpentNanos    int64  `json:"spent_nanos"`
+		ReservedNanos int64  `json:"reserved_nanos"`
+	} `json:"budgets"`
+}
+
+func budgetsOf(t *testing.T, s *testenv.Stack, key string) map[string][3]int64 {
+	t.Helper()
+	resp := send(t, s, "GET", "/v1/budget", key, nil, nil)
+	var st standings
+	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&st) != nil {
+		t.Fatalf("GET /v1/budget: %d", resp.StatusCode)
+	}
+	out := map[string][3]int64{}
+	for _, b := range st.Budgets {
+		out[b.Name] = [3]int64{b.LimitNanos, b.SpentNanos, b.ReservedNanos}
+	}
+	return out
+}
+
+// A team's monthly budget beside each member's daily one, through Envoy,
+// the sidecar and Redis: the members' requests draw on the team's budget
+// together until it refuses (the tighter budget: each one's day has
+// plenty), with a 402 naming it; someone outside the team is unaffected;
+// an audit budget past its limit never refuses but says so; the budget
+// file changed on disk applies within seconds.
+func TestTeamBudgetThroughEnvoy(t *testing.T) {
+	s, file := governance(t, `budgets:
+  - {name: payments-month, groups: [payments], window: month, limit_usd: "0.00003"}
+  - {name: org-audit, window: week, limit_usd: "0.00001", action: audit}
+`)
+	var last *http.Response
+	for i, key := range []string{"alice-key", "bob-key", "alice-key", "bob-key"} {
+		resp := post(t, s, "/v1/chat/completions", key, cappedBody, nil)
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i+1, resp.StatusCode)
+		}
+		last = resp
+	}
+	if w := last.Header.Get("x-aifirewall-budget-warning"); !strings.Contains(w, "org-audit: over its") {
+		t.Fatalf("the audit budget past its limit: warning %q", w)
+	}
+	resp := post(t, s, "/v1/chat/completions", "alice-key", cappedBody, nil)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 402 || !strings.Contains(string(body), `budget \"payments-month\" exceeded`) ||
+		resp.Header.Get("x-aifirewall-budget-name") != "payments-month" || resp.Header.Get("retry-after") == "" {
+		t.Fatalf("the team's fifth request: %d %s %v", resp.StatusCode, body, resp.Header)
+	}
+	if resp := post(t, s, "/v1/chat/completions", "carol-key", cappedBody, nil); resp.StatusCode != 200 {
+		t.Fatalf("carol, outside the team: %d", resp.StatusCode)
+	}
+	// Four requests on the team's counter (one past its limit, within a
+	// reservation of it), settled exactly; six on the organisation's.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		b := budgetsOf(t, s, "alice-key")
+		if b["payments-month"][1] == 4*reqCost && b["payments-month"][2] == 0 && b["org-audit"][1] == 5*reqCost {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("standings %v, want payments-month spent %d and org-audit %d", b, 4*reqCost, 5*reqCost)
+		}
+	}
+
+	// The operator raises the team's budget: it applies without a restart.
+	os.WriteFile(file, []byte(`budgets:
+  - {name: payments-month, groups: [payments], window: month, limit_usd: "1"}
+`), 0o600)
+	changed := time.Now()
+	for {
+		resp := post(t, s, "/v1/chat/completions", "alice-key", cappedBody, nil)
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode == 200 {
+			break
+		}
+		if time.Since(changed) > 10*time.Second {
+			t.Fatalf("the raised budget did not apply within 10 s: %d", resp.StatusCode)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("the changed budgets file applied after %v", time.Since(changed).Round(100*time.Millisecond))
+}
+
+// 60 concurrent streams of a team's two members against the team's
+// budget: the spend billed to it stays within its limit plus one
+// request's reservation, and equals what the answered streams cost.
+func TestConcurrentStreamsWithinTeamBudget(t *testing.T) {
+	const limit = 300_000 // $0.0003: some twenty requests' worth
+	s, _ := governance(t, `budgets:
+  - {name: payments-month, groups: [payments], window: month, limit_usd: "0.0003"}
+`)
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	for i := range 60 {
+		key := []string{"alice-key", "bob-key"}[i%2]
+		wg.Go(func() {
+			req, _ := http.NewRequest("POST", s.Envoy.URL()+"/v1/chat/completions", strings.NewReader(cappedBody))
+			req.Header.Set("authorization", "Bearer "+key)
+			req.Header.Set("content-type", "application/json")
+			req.Header.Set("x-fake-delay-ms", "20")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			codes[resp.StatusCode]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if codes[200] < 10 || codes[402] == 0 || codes[200]+codes[402] != 60 {
+		t.Fatalf("status counts %v", codes)
+	}
+	var b [3]int64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if b = budgetsOf(t, s, "alice-key")["payments-month"]; b[2] == 0 && b[1] == int64(codes[200])*reqCost {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("team budget %v for %d answered streams of %d", b, codes[200], reqCost)
+		}
+	}
+	if b[1] > limit+reservation {
+		t.Fatalf("overspent: %d billed against a %d limit (one reservation is %d)", b[1], limit, reservation)
+	}
+	t.Logf("%v; the team billed %d of %d", codes, b[1], limit)
+}
