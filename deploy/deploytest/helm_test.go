@@ -17,6 +17,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/aifirewall/aifirewall/budgets"
 	"github.com/aifirewall/aifirewall/internal/testenv"
 	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
@@ -183,6 +184,8 @@ var matrix = []struct {
 		"AuthorizationPolicy DestinationRule DestinationRule EnvoyFilter PeerAuthentication ServiceEntry Pod"},
 	{"gateway, workloads confined", "", []string{"workloadEgress.namespaces={apps,ci}", "workloadEgress.extraTo[0].ipBlock.cidr=10.0.0.1/32"},
 		"NetworkPolicy NetworkPolicy NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
+	{"gateway, budgets", "testdata/budgets-values.yaml", nil,
+		"NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
 	{"sidecar", "", []string{"mode=sidecar"}, ""},
 	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},
 	{"sidecar, providers file, example", "testdata/providers-values.yaml", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "ConfigMap Deployment"},
@@ -381,6 +384,39 @@ func TestChartRefusesBadValues(t *testing.T) {
 	if out, err := helm(t, "template", "../istio/values-mesh-sidecars.yaml", append([]string{"workloadEgress.namespaces={apps}"}, base...)...); err == nil ||
 		!strings.Contains(out, "workloadEgress: with the firewall beside each workload") {
 		t.Errorf("workloadEgress with every sidecar: %v %s", err, out)
+	}
+}
+
+// The budgets the chart writes are a file the sidecar's own parser takes,
+// mounted where BUDGETS_FILE says, and nothing on the pods changes with
+// them (they apply without a restart).
+func TestChartBudgetsFile(t *testing.T) {
+	docs := render(t, "testdata/budgets-values.yaml", base...)
+	var file string
+	for _, d := range docs {
+		if d["kind"] == "ConfigMap" && strings.HasSuffix(get(d, "metadata", "name").(string), "-budgets") {
+			file = get(d, "data", "budgets.yaml").(string)
+		}
+	}
+	f, err := budgets.Parse("budgets.yaml", []byte(file))
+	if err != nil || len(f.Budgets) != 3 || f.Budgets[2].Action != "audit" {
+		t.Fatalf("the chart's budgets file: %v %+v\n%s", err, f, file)
+	}
+	plain := render(t, "", base...)
+	annotations := func(docs []doc) any {
+		for _, d := range docs {
+			if d["kind"] == "Deployment" {
+				return get(d, "spec", "template", "metadata", "annotations")
+			}
+		}
+		return nil
+	}
+	if a, b := annotations(docs), annotations(plain); fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Fatalf("budgets change the pod template's annotations (%v vs %v): editing them would roll the pods", a, b)
+	}
+	out := fmt.Sprint(docs)
+	if !strings.Contains(out, "BUDGETS_FILE") || !strings.Contains(out, "/etc/aifirewall-budgets") {
+		t.Fatal("BUDGETS_FILE is not set to the mounted file")
 	}
 }
 

@@ -179,6 +179,10 @@ aifirewall:
     - name: ENVOY_ADMIN_URL
       value: http://127.0.0.1:9901
     {{- end }}
+    {{- if $v.budgets }}
+    - name: BUDGETS_FILE
+      value: /etc/aifirewall-budgets/budgets.yaml
+    {{- end }}
     - name: IDENTITY_MODE
       value: {{ $v.identityMode | quote }}
     - name: TRUST_XFCC
@@ -245,6 +249,11 @@ aifirewall:
     {{- end }}
     {{- if $v.redis.caConfigMap }}
     - {name: redis-ca, mountPath: /etc/aifirewall/redis-ca, readOnly: true}
+    {{- end }}
+    {{- if $v.budgets }}
+    # Mounted whole (no subPath): an edited ConfigMap reaches the file and
+    # the sidecar re-reads it, without a restart.
+    - {name: budgets, mountPath: /etc/aifirewall-budgets, readOnly: true}
     {{- end }}
 envoy:
   name: envoy
@@ -332,6 +341,10 @@ envoy:
 {{- if .Values.redis.caConfigMap }}
 - name: redis-ca
   configMap: {name: {{ .Values.redis.caConfigMap }}}
+{{- end }}
+{{- if .Values.budgets }}
+- name: budgets
+  configMap: {name: {{ include "aifirewall.fullname" . }}-budgets}
 {{- end }}
 {{- end -}}
 
