@@ -85,8 +85,18 @@ type Config struct {
 	DefaultOutput int64  `env:"DEFAULT_OUTPUT_TOKENS" envDefault:"1024"`
 	// Identity: "shared" (INTERNAL_API_KEY, user from x-user-id / body),
 	// "keys" (per-user keys in KEYS_FILE) or "mesh" (SPIFFE ID of the
-	// client certificate). Empty: "keys" when KEYS_FILE is set, else "shared".
+	// client certificate) or "jwt" (a token of the identity provider, as
+	// Envoy's jwt_authn verified it). Empty: "keys" when KEYS_FILE is set,
+	// else "shared".
 	IdentityMode string `env:"IDENTITY_MODE"`
+	// IDENTITY_MODE=jwt: what Envoy checks (issuer, audiences, the
+	// provider's keys as a JWKS file) and which claims name the caller and
+	// its groups (dotted names reach nested claims).
+	JWTIssuer      string   `env:"JWT_ISSUER"`
+	JWTAudiences   []string `env:"JWT_AUDIENCES" envSeparator:","`
+	JWTJWKSFile    string   `env:"JWT_JWKS_FILE"`
+	JWTUserClaim   string   `env:"JWT_USER_CLAIM" envDefault:"sub"`
+	JWTGroupsClaim string   `env:"JWT_GROUPS_CLAIM" envDefault:"groups"`
 	// The operator API (gRPC), served only when ADMIN_TOKEN is set.
 	OperatorAddr string `env:"OPERATOR_ADDR" envDefault:":9091"`
 	AdminToken   string `env:"ADMIN_TOKEN"`
@@ -224,8 +234,12 @@ func (c *Config) derive() error {
 	switch c.IdentityMode {
 	case "shared":
 	case "keys", "mesh":
+	case "jwt":
+		if c.JWTUserClaim == "" {
+			return errors.New("JWT_USER_CLAIM: name the claim that identifies the caller (sub by default)")
+		}
 	default:
-		return fmt.Errorf("IDENTITY_MODE: %q is not one of shared, keys, mesh", c.IdentityMode)
+		return fmt.Errorf("IDENTITY_MODE: %q is not one of shared, keys, mesh, jwt", c.IdentityMode)
 	}
 	if (c.EnvoyTLSCert == "") != (c.EnvoyTLSKey == "") {
 		return errors.New("ENVOY_TLS_CERT_FILE and ENVOY_TLS_KEY_FILE: set both or neither")

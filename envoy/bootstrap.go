@@ -71,6 +71,9 @@ type Options struct {
 	ExtProcTLS struct{ CertFile, KeyFile, CAFile, ServerName string }
 	// Limits bound the open streams and connections (zero: the defaults).
 	Limits Limits
+	// JWT, when its Issuer is set, verifies the identity provider's tokens
+	// before the firewall, which takes the caller from them.
+	JWT JWT
 	// WithoutFirewall leaves the ext_proc filter out: a plain proxy, for
 	// benchmarks that measure what the sidecar adds.
 	WithoutFirewall bool
@@ -163,6 +166,13 @@ func connectionManager(o Options, ups []providers.Provider) (*anypb.Any, error) 
 	}
 	typed := func(m proto.Message) *anypb.Any { a, _ := anypb.New(m); return a }
 	var filters []*hcmv3.HttpFilter
+	if o.JWT.Issuer != "" {
+		f, err := jwtFilter(o.JWT)
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, f)
+	}
 	if !o.WithoutFirewall {
 		filters = append(filters, &hcmv3.HttpFilter{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(extProc)}})
 	}

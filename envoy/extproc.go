@@ -22,7 +22,7 @@ func ExtProcFilter(o Options) *extprocv3.ExternalProcessor {
 	if o.MessageTimeout <= 0 {
 		o.MessageTimeout = defaultMessageTimeout
 	}
-	return &extprocv3.ExternalProcessor{
+	ep := &extprocv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: extProcCluster}}},
 		FailureModeAllow: false, // never forward a request the firewall did not see
@@ -49,6 +49,11 @@ func ExtProcFilter(o Options) *extprocv3.ExternalProcessor {
 		MetadataOptions: &extprocv3.MetadataOptions{ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
 			Untyped: []string{"aifirewall"}}},
 	}
+	if o.JWT.Issuer != "" {
+		// The verified token's payload, or why it failed, from jwt_authn.
+		ep.MetadataOptions.ForwardingNamespaces = &extprocv3.MetadataOptions_MetadataNamespaces{Untyped: []string{jwtNamespace}}
+	}
+	return ep
 }
 
 func extProc(o Options) (*clusterv3.Cluster, error) {

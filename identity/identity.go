@@ -18,6 +18,10 @@ type Request struct {
 	APIKey        []string // every x-api-key value (Anthropic clients)
 	XFCC          []string // x-forwarded-client-cert values
 	PeerURISAN    string   // Envoy's connection.uri_san_peer_certificate
+	// JWTPayload is the token Envoy's jwt_authn filter verified, from its
+	// dynamic metadata; JWTFailure why it refused one (nil, "": none sent).
+	JWTPayload map[string]any
+	JWTFailure string
 }
 
 // Caller is who the request is from.

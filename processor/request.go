@@ -68,7 +68,7 @@ type request struct {
 func (r *request) handle(ctx context.Context, msg *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, func()) {
 	switch m := msg.Request.(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return r.requestHeaders(ctx, m.RequestHeaders, msg.GetAttributes()), nil
+		return r.requestHeaders(ctx, m.RequestHeaders, msg.GetAttributes(), msg.GetMetadataContext()), nil
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return r.requestBody(ctx, m.RequestBody), nil
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
@@ -85,7 +85,7 @@ func (r *request) handle(ctx context.Context, msg *extprocv3.ProcessingRequest) 
 	return nil, nil
 }
 
-func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, attrs map[string]*structpb.Struct) *extprocv3.ProcessingResponse {
+func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, attrs map[string]*structpb.Struct, md *corev3.Metadata) *extprocv3.ProcessingResponse {
 	hm := h.GetHeaders()
 	r.id = headerValue(hm, "x-request-id")
 	if r.id == "" {
@@ -118,11 +118,14 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: %s", method, cleanPath(path), provider.Paths)})
 	}
 	r.route = route
+	payload, failure := verifiedJWT(md)
 	caller, err := r.s.cfg.Auth.Authenticate(identity.Request{
 		Authorization: headerValues(hm, "authorization"),
 		APIKey:        headerValues(hm, "x-api-key"),
 		XFCC:          headerValues(hm, "x-forwarded-client-cert"),
 		PeerURISAN:    attribute(attrs, "connection.uri_san_peer_certificate"),
+		JWTPayload:    payload,
+		JWTFailure:    failure,
 	})
 	if err != nil {
 		return r.deny(decisionUnauthorized, unauthorized(err.Error()))

@@ -108,6 +108,22 @@ func statusOf(h *corev3.HeaderMap) int {
 }
 
 // attribute reads an Envoy request attribute sent to the ext_proc filter.
+// jwtNamespace is the dynamic metadata of Envoy's jwt_authn filter, which
+// the generated configuration forwards to ext_proc: the payload of the
+// token it verified (jwt_payload), or why it refused one (jwt_failure).
+const jwtNamespace = "envoy.filters.http.jwt_authn"
+
+func verifiedJWT(md *corev3.Metadata) (map[string]any, string) {
+	ns := md.GetFilterMetadata()[jwtNamespace]
+	if p := ns.GetFields()["jwt_payload"].GetStructValue(); p != nil {
+		return p.AsMap(), ""
+	}
+	if f := ns.GetFields()["jwt_failure"].GetStructValue(); f != nil {
+		return nil, f.GetFields()["message"].GetStringValue()
+	}
+	return nil, ""
+}
+
 func attribute(attrs map[string]*structpb.Struct, name string) string {
 	for _, st := range attrs {
 		if v, ok := st.GetFields()[name]; ok {

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -117,6 +118,12 @@ func envoyConfig(cfg *config.Config, args []string) error {
 		fmt.Fprintln(os.Stderr, "aifirewall envoy-config: UPSTREAM_API_KEY is empty; Envoy will present no key to the upstream")
 	}
 	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = cfg.EnvoyTLSCert, cfg.EnvoyTLSKey, cfg.EnvoyClientCA
+	if cfg.IdentityMode == "jwt" {
+		if cfg.JWTIssuer == "" || cfg.JWTJWKSFile == "" || len(cfg.JWTAudiences) == 0 {
+			return errors.New("IDENTITY_MODE=jwt: set JWT_ISSUER, JWT_AUDIENCES and JWT_JWKS_FILE for Envoy to verify tokens")
+		}
+		o.JWT = envoy.JWT{Issuer: cfg.JWTIssuer, Audiences: cfg.JWTAudiences, JWKSFile: cfg.JWTJWKSFile}
+	}
 	o.ExtProcTLS.CertFile, o.ExtProcTLS.KeyFile = cfg.EnvoyExtProcCert, cfg.EnvoyExtProcKey
 	o.ExtProcTLS.CAFile, o.ExtProcTLS.ServerName = cfg.EnvoyExtProcCA, cfg.EnvoyExtProcServer
 	// Envoy, not the sidecar, holds the keys: they must be there for it.

@@ -285,6 +285,9 @@ func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.Key
 	case "mesh":
 		log.Info("identity: mesh workloads (SPIFFE ID of the client certificate)", "trust_xfcc", cfg.TrustXFCC)
 		return identity.Mesh{TrustXFCC: cfg.TrustXFCC}, nil
+	case "jwt":
+		log.Info("identity: tokens Envoy's jwt_authn verified", "user_claim", cfg.JWTUserClaim, "groups_claim", cfg.JWTGroupsClaim)
+		return identity.JWT{UserClaim: cfg.JWTUserClaim, GroupsClaim: cfg.JWTGroupsClaim}, nil
 	default:
 		if cfg.InternalAPIKey == config.DefaultAPIKey {
 			log.Warn("INTERNAL_API_KEY is the default 'changeme-internal-key'; set your own before exposing the gateway")

@@ -1,0 +1,36 @@
+package identity
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestJWTClaims(t *testing.T) {
+	sa := map[string]any{"sub": "system:serviceaccount:apps:chatbot",
+		"kubernetes.io": map[string]any{"namespace": "apps", "serviceaccount": map[string]any{"name": "chatbot"}}}
+	c, err := JWT{UserClaim: "sub", GroupsClaim: "kubernetes.io.namespace"}.Authenticate(Request{JWTPayload: sa})
+	if err != nil || c.User != "system:serviceaccount:apps:chatbot" || !slices.Equal(c.Groups, []string{"apps"}) {
+		t.Fatalf("service-account token: %+v %v", c, err)
+	}
+	idp := map[string]any{"sub": "u1", "email": "alice@corp.test", "groups": []any{"payments", 7, "", "eng"}}
+	c, err = JWT{UserClaim: "email", GroupsClaim: "groups"}.Authenticate(Request{JWTPayload: idp})
+	if err != nil || c.User != "alice@corp.test" || !slices.Equal(c.Groups, []string{"payments", "eng"}) {
+		t.Fatalf("IdP token: %+v %v", c, err)
+	}
+	if _, err := (JWT{UserClaim: "email"}).Authenticate(Request{JWTPayload: map[string]any{"sub": "x"}}); err == nil {
+		t.Fatal("a token without the user claim was taken")
+	}
+	if _, err := (JWT{UserClaim: "sub"}).Authenticate(Request{JWTPayload: map[string]any{"sub": 42}}); err == nil {
+		t.Fatal("a numeric user claim was taken")
+	}
+	// Headers never name the caller in this mode.
+	_, err = JWT{UserClaim: "sub"}.Authenticate(Request{Authorization: []string{"Bearer eyJ.forged.token"}, XFCC: []string{"URI=spiffe://x"}})
+	if err == nil || !strings.Contains(err.Error(), "no bearer token") {
+		t.Fatalf("headers alone: %v", err)
+	}
+	_, err = JWT{UserClaim: "sub"}.Authenticate(Request{JWTFailure: "Jwt is expired"})
+	if err == nil || !strings.Contains(err.Error(), "Jwt is expired") {
+		t.Fatalf("a refused token: %v", err)
+	}
+}
