@@ -97,19 +97,6 @@ func newMesh(t *testing.T, s *apiServer, ns *testinfra.Netns, workloads ...strin
 	return &mesh{s: s, ns: ns}
 }
 
-// token is a service-account token for istiod's CA (audience istio-ca),
-// from the API server's TokenRequest, as a projected volume holds it.
-func (m *mesh) token(t *testing.T, ns, sa string) string {
-	t.Helper()
-	st, body := m.s.do(t, "POST", "/api/v1/namespaces/"+ns+"/serviceaccounts/"+sa+"/token",
-		[]byte(`{"spec":{"audiences":["istio-ca"],"expirationSeconds":3600}}`))
-	var tr struct{ Status struct{ Token string } }
-	if json.Unmarshal([]byte(body), &tr); st != 201 || tr.Status.Token == "" {
-		t.Fatalf("token for %s/%s: %d %s", ns, sa, st, body)
-	}
-	return tr.Status.Token
-}
-
 // startGateway runs Istio's node agent for the gateway's Pod in the
 // namespace, laid out as the istio-proxy container is (the bootstrap
 // template the image ships, the token and root certificate volumes, the
@@ -123,7 +110,7 @@ func (m *mesh) startGateway(t *testing.T, agent, envoyBin, istio, rootPEM string
 	}
 	for rel, content := range map[string]string{
 		"var/lib/istio/envoy/envoy_bootstrap_tmpl.json": string(tmpl),
-		"var/run/secrets/tokens/istio-token":            m.token(t, "istio-system", gatewaySA),
+		"var/run/secrets/tokens/istio-token":            m.s.saToken(t, "istio-system", gatewaySA, "istio-ca"),
 		"var/run/secrets/istio/root-cert.pem":           rootPEM,
 		"etc/istio/pod/labels":                          "app=\"istio-llm-egressgateway\"\nistio=\"llm-egressgateway\"\n",
 	} {
@@ -175,7 +162,7 @@ func (m *mesh) workloadCert(t *testing.T, ns, sa string, root *x509.CertPool) *t
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+m.token(t, ns, sa), "ClusterID", "Kubernetes")
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+m.s.saToken(t, ns, sa, "istio-ca"), "ClusterID", "Kubernetes")
 	var resp []byte
 	if err := conn.Invoke(ctx, "/istio.v1.auth.IstioCertificateService/CreateCertificate", &req, &resp, grpc.ForceCodec(rawCodec{})); err != nil {
 		t.Fatalf("istiod's CA: %v", err)

@@ -88,6 +88,19 @@ func startAPIServer(t *testing.T) *apiServer {
 	return s
 }
 
+// saToken is a service-account token for audiences, from the API server's
+// TokenRequest, as a projected volume holds it.
+func (s *apiServer) saToken(t *testing.T, ns, sa string, audiences ...string) string {
+	t.Helper()
+	req, _ := json.Marshal(map[string]any{"spec": map[string]any{"audiences": audiences, "expirationSeconds": 3600}})
+	st, body := s.do(t, "POST", "/api/v1/namespaces/"+ns+"/serviceaccounts/"+sa+"/token", req)
+	var tr struct{ Status struct{ Token string } }
+	if json.Unmarshal([]byte(body), &tr); st != 201 || tr.Status.Token == "" {
+		t.Fatalf("token for %s/%s: %d %s", ns, sa, st, body)
+	}
+	return tr.Status.Token
+}
+
 func (s *apiServer) do(t *testing.T, method, path string, body []byte) (int, string) {
 	t.Helper()
 	return cluster.APIRequest(s.client, s.url, s.token, method, path, string(body))
