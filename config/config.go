@@ -103,10 +103,13 @@ type Config struct {
 	KeysFile     string `env:"KEYS_FILE"`
 	// BUDGETS_FILE: budgets beyond the default daily one (teams, months,
 	// models, audit), re-read when it changes.
-	BudgetsFile    string `env:"BUDGETS_FILE"`
-	TrustXFCC      bool   `env:"TRUST_XFCC" envDefault:"false"`
-	LogLevel       string `env:"LOG_LEVEL" envDefault:"info"`
-	MetricsPerUser bool   `env:"METRICS_PER_USER" envDefault:"false"`
+	BudgetsFile string `env:"BUDGETS_FILE"`
+	// MESH_GROUPS: IDENTITY_MODE=mesh, SPIFFE IDs to groups, as
+	// pattern=group pairs ("{namespace}": the ID's Kubernetes namespace).
+	MeshGroups     []string `env:"MESH_GROUPS" envSeparator:","`
+	TrustXFCC      bool     `env:"TRUST_XFCC" envDefault:"false"`
+	LogLevel       string   `env:"LOG_LEVEL" envDefault:"info"`
+	MetricsPerUser bool     `env:"METRICS_PER_USER" envDefault:"false"`
 
 	// Settings of the generated Envoy configuration.
 	// ENVOY_EXTPROC_TLS_*: Envoy's client certificate towards a sidecar

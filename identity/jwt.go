@@ -63,4 +63,3 @@ func claim(payload map[string]any, name string) any {
 	}
 	return nil
 }
-

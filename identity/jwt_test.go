@@ -34,3 +34,28 @@ func TestJWTClaims(t *testing.T) {
 		t.Fatalf("a refused token: %v", err)
 	}
 }
+
+func TestMeshGroups(t *testing.T) {
+	groups, err := ParseMeshGroups([]string{"spiffe://cluster.local/ns/*/sa/*={namespace}", "spiffe://cluster.local/ns/ci/sa/*=ci-runners"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := Mesh{Groups: groups}
+	c, err := m.Authenticate(Request{PeerURISAN: "spiffe://cluster.local/ns/ci/sa/runner"})
+	if err != nil || !slices.Equal(c.Groups, []string{"ci", "ci-runners"}) {
+		t.Fatalf("%+v %v", c, err)
+	}
+	c, _ = m.Authenticate(Request{PeerURISAN: "spiffe://other.domain/workload/x"})
+	if len(c.Groups) != 0 {
+		t.Fatalf("an ID of no pattern got groups %v", c.Groups)
+	}
+	c, _ = m.Authenticate(Request{PeerURISAN: "spiffe://cluster.local/ns/apps/sa/web/extra"})
+	if slices.Contains(c.Groups, "apps") {
+		t.Fatalf("a non-Kubernetes-form ID got a namespace group: %v", c.Groups)
+	}
+	for _, bad := range []string{"payments", "spiffe://x/*", "spiffe://x/*="} {
+		if _, err := ParseMeshGroups([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -2,7 +2,11 @@ package identity
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
+
+	"github.com/aifirewall/aifirewall/internal/glob"
 )
 
 // Mesh identifies workloads by the SPIFFE ID in their client certificate,
@@ -12,18 +16,69 @@ import (
 // x-forwarded-client-cert header set by a trusted proxy in front.
 type Mesh struct {
 	TrustXFCC bool
+	// Groups map SPIFFE IDs to groups, for the budgets that name them.
+	Groups []MeshGroup
 }
 
+// MeshGroup gives the group Group to the SPIFFE IDs matching Pattern ("*"
+// matching any run). Group "{namespace}" is the namespace of an ID of
+// Kubernetes' form (spiffe://<trust domain>/ns/<namespace>/sa/<account>).
+type MeshGroup struct{ Pattern, Group string }
+
 func (m Mesh) Authenticate(r Request) (Caller, error) {
-	if id := spiffeID(r.PeerURISAN); id != "" {
-		return Caller{User: id}, nil
+	id := spiffeID(r.PeerURISAN)
+	if id == "" && m.TrustXFCC && len(r.XFCC) > 0 {
+		id = xfccURI(r.XFCC[len(r.XFCC)-1])
 	}
-	if m.TrustXFCC && len(r.XFCC) > 0 {
-		if id := xfccURI(r.XFCC[len(r.XFCC)-1]); id != "" {
-			return Caller{User: id}, nil
+	if id == "" {
+		return Caller{}, errors.New("no workload identity: connect with a client certificate whose URI SAN is a spiffe:// ID")
+	}
+	return Caller{User: id, Groups: m.groupsOf(id)}, nil
+}
+
+func (m Mesh) groupsOf(id string) []string {
+	var out []string
+	for _, g := range m.Groups {
+		if !glob.Match(g.Pattern, id) {
+			continue
+		}
+		group := g.Group
+		if group == "{namespace}" {
+			if group = kubernetesNamespace(id); group == "" {
+				continue
+			}
+		}
+		if !slices.Contains(out, group) {
+			out = append(out, group)
 		}
 	}
-	return Caller{}, errors.New("no workload identity: connect with a client certificate whose URI SAN is a spiffe:// ID")
+	return out
+}
+
+// kubernetesNamespace is the <ns> of spiffe://<td>/ns/<ns>/sa/<name>.
+func kubernetesNamespace(id string) string {
+	rest, ok := strings.CutPrefix(id, "spiffe://")
+	if !ok {
+		return ""
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 5 || parts[1] != "ns" || parts[3] != "sa" || parts[2] == "" {
+		return ""
+	}
+	return parts[2]
+}
+
+// ParseMeshGroups reads MESH_GROUPS: pattern=group pairs, comma-separated.
+func ParseMeshGroups(pairs []string) ([]MeshGroup, error) {
+	var out []MeshGroup
+	for _, p := range pairs {
+		pattern, group, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if !ok || !strings.HasPrefix(pattern, "spiffe://") || group == "" || len(group) > 128 {
+			return nil, fmt.Errorf("%q is not spiffe://<pattern>=<group> (e.g. spiffe://cluster.local/ns/*/sa/*={namespace})", p)
+		}
+		out = append(out, MeshGroup{Pattern: pattern, Group: group})
+	}
+	return out, nil
 }
 
 // spiffeID returns the first spiffe:// URI of a comma-separated SAN list.

@@ -283,8 +283,12 @@ func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.Key
 		log.Info("identity: per-user keys only", "file", cfg.KeysFile)
 		return ring, nil
 	case "mesh":
-		log.Info("identity: mesh workloads (SPIFFE ID of the client certificate)", "trust_xfcc", cfg.TrustXFCC)
-		return identity.Mesh{TrustXFCC: cfg.TrustXFCC}, nil
+		groups, err := identity.ParseMeshGroups(cfg.MeshGroups)
+		if err != nil {
+			return nil, fmt.Errorf("MESH_GROUPS: %w", err)
+		}
+		log.Info("identity: mesh workloads (SPIFFE ID of the client certificate)", "trust_xfcc", cfg.TrustXFCC, "groups", len(groups))
+		return identity.Mesh{TrustXFCC: cfg.TrustXFCC, Groups: groups}, nil
 	case "jwt":
 		log.Info("identity: tokens Envoy's jwt_authn verified", "user_claim", cfg.JWTUserClaim, "groups_claim", cfg.JWTGroupsClaim)
 		return identity.JWT{UserClaim: cfg.JWTUserClaim, GroupsClaim: cfg.JWTGroupsClaim}, nil
