@@ -52,18 +52,25 @@ func (m *MemStore) open(user, day string) (map[string]reservation, Nanos) {
 	return rs, sum
 }
 
-func (m *MemStore) budget(user, day string, limit Nanos) (Budget, map[string]reservation) {
+func (m *MemStore) budget(user, day string, buckets []string, limit Nanos) (Budget, map[string]reservation) {
 	if l, ok := m.limits[user]; ok {
 		limit = l
 	}
 	rs, reserved := m.open(user, day)
-	return Budget{Limit: limit, Spent: m.spent[BudgetKey(user, day)], Reserved: reserved}, rs
+	if len(buckets) == 0 {
+		buckets = []string{day}
+	}
+	var spent Nanos
+	for _, b := range buckets {
+		spent += m.spent[BudgetKey(user, b)]
+	}
+	return Budget{Limit: limit, Spent: spent, Reserved: reserved}, rs
 }
 
 func (m *MemStore) Admit(_ context.Context, a Admission) (Budget, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	b, rs := m.budget(a.User, a.Day, a.Limit)
+	b, rs := m.budget(a.User, a.Day, a.Buckets, a.Limit)
 	if _, dup := rs[a.RequestID]; dup {
 		b.Admitted = true
 		return b, nil
@@ -85,7 +92,7 @@ func (m *MemStore) Settle(_ context.Context, s Settlement) (bool, error) {
 		return false, nil
 	}
 	m.settled[id] = true
-	m.spent[BudgetKey(s.User, s.Day)] += s.Amount
+	m.spent[BudgetKey(s.User, s.spendDay())] += s.Amount
 	if m.users[s.Day] == nil {
 		m.users[s.Day] = map[string]bool{}
 	}
@@ -107,10 +114,14 @@ func (m *MemStore) Renew(_ context.Context, holds []Hold, ttl time.Duration) err
 	return nil
 }
 
-func (m *MemStore) Budget(_ context.Context, user, day string, limit Nanos) (Budget, error) {
+func (m *MemStore) Budget(ctx context.Context, user, day string, limit Nanos) (Budget, error) {
+	return m.Window(ctx, user, day, nil, limit)
+}
+
+func (m *MemStore) Window(_ context.Context, user, day string, buckets []string, limit Nanos) (Budget, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	b, _ := m.budget(user, day, limit)
+	b, _ := m.budget(user, day, buckets, limit)
 	return b, nil
 }
 

@@ -209,6 +209,7 @@ if reserved < 0 then reserved = 0 end
 redis.call('SET', KEYS[5], reserved, 'EX', ARGV[6])
 local limit = tonumber(redis.call('GET', KEYS[4]) or ARGV[3])
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+for i = 6, #KEYS do spent = spent + tonumber(redis.call('GET', KEYS[i]) or '0') end
 if ARGV[5] ~= 'admit' then return {0, limit, spent, reserved} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {1, limit, spent, reserved} end
 if spent + reserved >= limit then return {0, limit, spent, reserved} end
@@ -242,14 +243,23 @@ end
 redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then
   redis.call('INCRBY', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
   return 1
 end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 return 0`)
 
-func (r *RedisStore) run(ctx context.Context, user, day, id string, amount, limit Nanos, ttl time.Duration, mode string) (Budget, error) {
-	keys := []string{BudgetKey(user, day), reservedKey(user, day), expiryKey(user, day), limitKey(user), reservedSumKey(user, day)}
+func (r *RedisStore) run(ctx context.Context, user, day string, buckets []string, id string, amount, limit Nanos, ttl time.Duration, mode string) (Budget, error) {
+	spend := day
+	if len(buckets) > 0 {
+		spend = buckets[0]
+	}
+	keys := []string{BudgetKey(user, spend), reservedKey(user, day), expiryKey(user, day), limitKey(user), reservedSumKey(user, day)}
+	// A rolling window's older buckets, summed with the current one: every
+	// key has the user's hash tag, so one slot holds them all.
+	for _, b := range buckets[min(1, len(buckets)):] {
+		keys = append(keys, BudgetKey(user, b))
+	}
 	res, err := budgetScript.Run(ctx, r.rdb, keys, id, int64(amount), int64(limit), ttl.Milliseconds(), mode,
 		int64(keyTTL.Seconds())).Int64Slice()
 	if err != nil {
@@ -262,7 +272,7 @@ func (r *RedisStore) run(ctx context.Context, user, day, id string, amount, limi
 }
 
 func (r *RedisStore) Admit(ctx context.Context, a Admission) (Budget, error) {
-	b, err := r.run(ctx, a.User, a.Day, a.RequestID, a.Amount, a.Limit, a.TTL, "admit")
+	b, err := r.run(ctx, a.User, a.Day, a.Buckets, a.RequestID, a.Amount, a.Limit, a.TTL, "admit")
 	if err != nil {
 		return b, fmt.Errorf("admit %s: %w", a.RequestID, err)
 	}
@@ -270,7 +280,11 @@ func (r *RedisStore) Admit(ctx context.Context, a Admission) (Budget, error) {
 }
 
 func (r *RedisStore) Budget(ctx context.Context, user, day string, limit Nanos) (Budget, error) {
-	b, err := r.run(ctx, user, day, "", 0, limit, 0, "read")
+	return r.Window(ctx, user, day, nil, limit)
+}
+
+func (r *RedisStore) Window(ctx context.Context, user, day string, buckets []string, limit Nanos) (Budget, error) {
+	b, err := r.run(ctx, user, day, buckets, "", 0, limit, 0, "read")
 	if err != nil {
 		return b, fmt.Errorf("read budget: %w", err)
 	}
@@ -278,14 +292,14 @@ func (r *RedisStore) Budget(ctx context.Context, user, day string, limit Nanos) 
 }
 
 func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
-	keys := []string{BudgetKey(s.User, s.Day), reservedKey(s.User, s.Day), expiryKey(s.User, s.Day), settledKey(s.User, s.RequestID),
+	keys := []string{BudgetKey(s.User, s.spendDay()), reservedKey(s.User, s.Day), expiryKey(s.User, s.Day), settledKey(s.User, s.RequestID),
 		reservedSumKey(s.User, s.Day)}
 	var n int
 	var err error
 	if r.ack.replicas > 0 {
 		n, err = r.settleAcked(ctx, keys, s)
 	} else {
-		n, err = settleScript.Run(ctx, r.rdb, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds())).Int()
+		n, err = settleScript.Run(ctx, r.rdb, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds()), spendTTL(s)).Int()
 	}
 	if err != nil {
 		return false, fmt.Errorf("settle %s: %w", s.RequestID, err)
@@ -303,6 +317,14 @@ func (r *RedisStore) Settle(ctx context.Context, s Settlement) (bool, error) {
 	return n == 1, nil
 }
 
+// spendTTL is how long (seconds) the spend key a settlement adds to lives.
+func spendTTL(s Settlement) int64 {
+	if s.Bucket != "" {
+		return int64(bucketTTL.Seconds())
+	}
+	return int64(keyTTL.Seconds())
+}
+
 // settleAcked runs the settlement, then WAIT, on one connection (WAIT
 // counts the replicas holding that connection's writes), even when the
 // settlement was applied before: the script then writes anyway, so the
@@ -316,7 +338,7 @@ func (r *RedisStore) settleAcked(ctx context.Context, keys []string, s Settlemen
 	}
 	conn := client.Conn()
 	defer conn.Close()
-	n, err := settleScript.Run(ctx, conn, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds())).Int()
+	n, err := settleScript.Run(ctx, conn, keys, s.RequestID, int64(s.Amount), int64(keyTTL.Seconds()), spendTTL(s)).Int()
 	if err != nil {
 		return 0, err
 	}

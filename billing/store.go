@@ -28,6 +28,9 @@ type Store interface {
 	Renew(ctx context.Context, holds []Hold, ttl time.Duration) error
 	// Budget reads a user's day without changing it.
 	Budget(ctx context.Context, user, day string, limit Nanos) (Budget, error)
+	// Window reads a rolling window: the spend of buckets (see Admission)
+	// and the reservations of day.
+	Window(ctx context.Context, user, day string, buckets []string, limit Nanos) (Budget, error)
 	// SetLimit sets (limit > 0) or clears (limit == 0) an operator override
 	// of the user's daily limit.
 	SetLimit(ctx context.Context, user string, limit Nanos) error
@@ -44,6 +47,10 @@ type Admission struct {
 	Amount               Nanos // estimated cost, reserved while the request runs
 	Limit                Nanos // the user's limit unless an operator override exists
 	TTL                  time.Duration
+	// Buckets, when set, make the budget a rolling window: its spend is
+	// the sum of these periods' spend (the current one first), and Day
+	// names only its reservations.
+	Buckets []string
 }
 
 // Hold names the reservation of one running request.
@@ -68,11 +75,26 @@ type Settlement struct {
 	Day       string `json:"day"` // budget day, YYYY-MM-DD
 	RequestID string `json:"request_id"`
 	Amount    Nanos  `json:"amount_nanos"`
+	// Bucket, when set, is the period the spend goes to (a rolling
+	// window's current bucket), Day then naming the reservation only.
+	Bucket string `json:"bucket,omitempty"`
+}
+
+// spendDay is the period a settlement's spend goes to.
+func (s Settlement) spendDay() string {
+	if s.Bucket != "" {
+		return s.Bucket
+	}
+	return s.Day
 }
 
 // keyTTL keeps a day's spend (and its settled-request markers) around a
 // few days past the day itself, for the usage API and late retries.
 const keyTTL = 3 * 24 * time.Hour
+
+// bucketTTL keeps a rolling window's spend buckets as long as the longest
+// window (31 days) can count them.
+const bucketTTL = 32 * 24 * time.Hour
 
 // BudgetKey is the Redis key of user's spend on day. The braces are a
 // Redis Cluster hash tag: every key of one user lives in one slot.

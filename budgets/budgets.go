@@ -14,10 +14,13 @@
 package budgets
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aifirewall/aifirewall/billing"
@@ -93,9 +96,11 @@ func (b *Budget) check(at string, fail strictyaml.Fail) error {
 	switch b.Window {
 	case Day, Week, Month:
 	case "":
-		return fail(at+".window", "set the window: day, week or month")
+		return fail(at+".window", "set the window: day, week or month, or a rolling one (24h, 7d, 30d)")
 	default:
-		return fail(at+".window", "%q is not a window: day, week or month", b.Window)
+		if _, _, err := b.Window.rolling(); err != nil {
+			return fail(at+".window", "%q is not a window: day, week or month, or a rolling one: %v", b.Window, err)
+		}
 	}
 	switch b.Per {
 	case "", "user":
@@ -171,7 +176,16 @@ func (b *Budget) Counter(user string) string {
 	return "budget=" + b.Name
 }
 
-// Window is a calendar period in the budget time zone.
+// Window is a calendar period in the budget time zone (day, week, month)
+// or a rolling one ("24h", "7d", "30d").
+//
+// A rolling window keeps its spend in buckets: an hour for windows up to
+// 48 hours, six hours (UTC-aligned) beyond, up to 31 days. It counts the
+// current bucket and the D/B before it, so spend counts for at least the
+// window's length and at most one bucket more (its resolution); it never
+// ages out early. Reservations are kept apart from the buckets, for as
+// long as their requests run, so a request spanning a bucket's end is
+// still counted.
 type Window string
 
 const (
@@ -180,9 +194,64 @@ const (
 	Month Window = "month"
 )
 
+// rolling is a rolling window's length and bucket size.
+func (w Window) rolling() (d, bucket time.Duration, err error) {
+	s := string(w)
+	unit := time.Hour
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		s, unit = n, 24*time.Hour
+	} else if n, ok := strings.CutSuffix(s, "h"); ok {
+		s = n
+	} else {
+		return 0, 0, errors.New("write a number of hours (h) or days (d)")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, 0, errors.New("write a positive whole number of hours (h) or days (d)")
+	}
+	d = time.Duration(n) * unit
+	bucket = time.Hour
+	if d > 48*time.Hour {
+		bucket = 6 * time.Hour
+	}
+	switch {
+	case d > 31*24*time.Hour:
+		return 0, 0, errors.New("at most 31 days")
+	case d%bucket != 0:
+		return 0, 0, fmt.Errorf("beyond 48 hours, a multiple of %s (its resolution)", bucket)
+	}
+	return d, bucket, nil
+}
+
+// Rolling says whether w is a rolling window.
+func (w Window) Rolling() bool {
+	_, _, err := w.rolling()
+	return err == nil
+}
+
+// Buckets are the spend buckets a rolling window counts at t, the current
+// one first; nil for a calendar window.
+func (w Window) Buckets(t time.Time) []string {
+	d, b, err := w.rolling()
+	if err != nil {
+		return nil
+	}
+	start := t.UTC().Truncate(b)
+	out := make([]string, 0, d/b+1)
+	for i := time.Duration(0); i <= d/b; i++ {
+		out = append(out, start.Add(-i*b).Format("2006-01-02T15"))
+	}
+	return out
+}
+
 // Period names the window holding t ("2026-12-01", "2026-W49",
-// "2026-12") and when it ends.
+// "2026-12") and when it ends. A rolling window's name is fixed
+// ("rolling-24h": its reservations'), and its "end" is when its oldest
+// counted bucket leaves it, freeing room.
 func (w Window) Period(t time.Time, loc *time.Location) (string, time.Time) {
+	if _, b, err := w.rolling(); err == nil {
+		return "rolling-" + string(w), t.UTC().Truncate(b).Add(b)
+	}
 	l := t.In(loc)
 	switch w {
 	case Week:

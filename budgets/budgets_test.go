@@ -91,3 +91,35 @@ func TestMatches(t *testing.T) {
 		t.Fatal("per: user gives each identity its own counter")
 	}
 }
+
+func TestRollingWindows(t *testing.T) {
+	for _, w := range []string{"0h", "32d", "50h", "24", "1w", "-3h", "h"} {
+		if _, err := Parse("b.yaml", []byte("budgets:\n  - {name: a, window: \""+w+"\", limit_usd: \"1\"}\n")); err == nil {
+			t.Errorf("window %q accepted", w)
+		}
+	}
+	at, _ := time.Parse(time.RFC3339, "2026-12-01T13:20:00Z")
+	for _, c := range []struct {
+		w           Window
+		n           int
+		first, last string
+		resetsAt    string
+	}{
+		{"24h", 25, "2026-12-01T13", "2026-11-30T13", "2026-12-01T14:00:00Z"},
+		{"1h", 2, "2026-12-01T13", "2026-12-01T12", "2026-12-01T14:00:00Z"},
+		{"7d", 29, "2026-12-01T12", "2026-11-24T12", "2026-12-01T18:00:00Z"},
+		{"30d", 121, "2026-12-01T12", "2026-11-01T12", "2026-12-01T18:00:00Z"},
+	} {
+		if !c.w.Rolling() {
+			t.Fatalf("%s is not rolling", c.w)
+		}
+		b := c.w.Buckets(at)
+		id, reset := c.w.Period(at, time.UTC)
+		if len(b) != c.n || b[0] != c.first || b[len(b)-1] != c.last || id != "rolling-"+string(c.w) || reset.Format(time.RFC3339) != c.resetsAt {
+			t.Errorf("%s: %d buckets %s..%s, %s until %s", c.w, len(b), b[0], b[len(b)-1], id, reset.Format(time.RFC3339))
+		}
+	}
+	if Month.Rolling() || Month.Buckets(at) != nil {
+		t.Fatal("a calendar window has no buckets")
+	}
+}

@@ -1,6 +1,7 @@
 package envoy_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/internal/testenv"
 )
 
@@ -170,4 +172,39 @@ func TestConcurrentStreamsWithinTeamBudget(t *testing.T) {
 		t.Fatalf("overspent: %d billed against a %d limit (one reservation is %d)", b[1], limit, reservation)
 	}
 	t.Logf("%v; the team billed %d of %d", codes, b[1], limit)
+}
+
+// A rolling window counts the spend of its last 24 hours (hour buckets):
+// spent 23 hours ago it refuses; the same spend 25 hours ago has aged out
+// and the team is admitted again. The spend is put in Redis's buckets
+// directly, where an earlier day's requests would have left it.
+func TestRollingWindowSpendAgesOut(t *testing.T) {
+	s, _ := governance(t, `budgets:
+  - {name: team-24h, groups: [payments], window: 24h, limit_usd: "0.00002"}
+`)
+	ctx := context.Background()
+	bucket := func(ago time.Duration) string {
+		return billing.BudgetKey("budget=team-24h", time.Now().UTC().Add(-ago).Truncate(time.Hour).Format("2006-01-02T15"))
+	}
+	s.RDB.Set(ctx, bucket(23*time.Hour), 20_000, time.Hour)
+	resp := post(t, s, "/v1/chat/completions", "alice-key", cappedBody, nil)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 402 || !strings.Contains(string(body), "in the last 24h") {
+		t.Fatalf("spend 23 hours old: %d %s", resp.StatusCode, body)
+	}
+	s.RDB.Del(ctx, bucket(23*time.Hour))
+	s.RDB.Set(ctx, bucket(25*time.Hour), 20_000, time.Hour)
+	resp = post(t, s, "/v1/chat/completions", "alice-key", cappedBody, nil)
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("spend 25 hours old: %d", resp.StatusCode)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if b := budgetsOf(t, s, "bob-key")["team-24h"]; b[1] == reqCost && b[2] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the window's spend: %v, want %d", budgetsOf(t, s, "bob-key")["team-24h"], reqCost)
+		}
+	}
 }

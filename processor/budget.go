@@ -110,7 +110,7 @@ func (r *request) standings(ctx context.Context, now time.Time) ([]BudgetStandin
 		}
 		period, reset := bg.Window.Period(now, r.s.cfg.Location)
 		sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
-		b, err := r.s.store.Budget(sctx, bg.Counter(r.user), period, bg.Limit)
+		b, err := r.s.store.Window(sctx, bg.Counter(r.user), period, bg.Window.Buckets(now), bg.Limit)
 		cancel()
 		if err != nil {
 			return nil, err

@@ -17,7 +17,8 @@ import (
 type charge struct {
 	b        *budgets.Budget
 	counter  string // the store's name of the counter
-	period   string // the window's name: 2026-12-01, 2026-W49, 2026-12
+	period   string // the window's name: 2026-12-01, 2026-W49, 2026-12, rolling-24h
+	buckets  []string
 	reset    time.Time
 	bud      billing.Budget // at admission
 	reserved bool           // a reservation is held (an audit budget past its limit holds none)
@@ -47,9 +48,10 @@ func (r *request) admitBudgets(ctx context.Context, now time.Time, estimate bill
 		}
 		c := charge{b: b, counter: b.Counter(r.user)}
 		c.period, c.reset = b.Window.Period(now, r.s.cfg.Location)
+		c.buckets = b.Window.Buckets(now)
 		sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
 		bud, err := r.s.store.Admit(sctx, billing.Admission{User: c.counter, Day: c.period, RequestID: r.id,
-			Amount: estimate, Limit: b.Limit, TTL: r.s.cfg.ReservationTTL})
+			Amount: estimate, Limit: b.Limit, TTL: r.s.cfg.ReservationTTL, Buckets: c.buckets})
 		cancel()
 		if err != nil && r.s.cfg.FailOpen {
 			r.s.metrics.storeError("admit")
@@ -101,10 +103,15 @@ func (r *request) holdsOf() []billing.Hold {
 	return hs
 }
 
-// settleCharges bills cost to every budget the request counted against.
+// settleCharges bills cost to every budget the request counted against
+// (a rolling window's: to its bucket of now, when the spend happened).
 func (r *request) settleCharges(cost billing.Nanos) {
 	for _, c := range r.charges {
-		r.s.cfg.Settler.Settle(billing.Settlement{User: c.counter, Day: c.period, RequestID: r.id, Amount: cost}, r.log)
+		set := billing.Settlement{User: c.counter, Day: c.period, RequestID: r.id, Amount: cost}
+		if b := c.b.Window.Buckets(r.s.now()); b != nil {
+			set.Bucket = b[0]
+		}
+		r.s.cfg.Settler.Settle(set, r.log)
 		r.s.metrics.budgetCharged(c.b.Name, cost)
 	}
 }
@@ -169,9 +176,13 @@ func budgetExhausted(c charge, now time.Time) *apiError {
 	if b.Reserved > 0 {
 		inFlight = fmt.Sprintf(" (plus %s held by requests in flight)", b.Reserved)
 	}
-	return &apiError{status: 402, Type: "budget_exceeded", Code: "budget_exceeded",
-		Message: fmt.Sprintf("budget %q exceeded: spent %s%s of its %s limit for the %s %s; it resets at %s (in %ds). Ask your gateway operator to raise it, or retry after the reset.",
-			c.b.Name, b.Spent, inFlight, b.Limit, c.b.Window, c.period, c.reset.UTC().Format(time.RFC3339), wait),
+	msg := fmt.Sprintf("budget %q exceeded: spent %s%s of its %s limit for the %s %s; it resets at %s (in %ds). Ask your gateway operator to raise it, or retry after the reset.",
+		c.b.Name, b.Spent, inFlight, b.Limit, c.b.Window, c.period, c.reset.UTC().Format(time.RFC3339), wait)
+	if c.buckets != nil {
+		msg = fmt.Sprintf("budget %q exceeded: spent %s%s of its %s limit in the last %s; room frees as that spend ages out, the oldest of it at %s (in %ds). Ask your gateway operator to raise it, or retry later.",
+			c.b.Name, b.Spent, inFlight, b.Limit, c.b.Window, c.reset.UTC().Format(time.RFC3339), wait)
+	}
+	return &apiError{status: 402, Type: "budget_exceeded", Code: "budget_exceeded", Message: msg,
 		headers: budgetHeaders(b, c.reset, map[string]string{"retry-after": strconv.FormatInt(max(wait, 1), 10),
 			"x-aifirewall-budget-name": c.b.Name})}
 }
