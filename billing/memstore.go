@@ -18,6 +18,7 @@ type MemStore struct {
 	users    map[string]map[string]bool // by day
 	keys     map[string]APIKey
 	revoked  map[string]bool
+	defs     map[string][]byte // budgets made through the operator API
 }
 
 type reservation struct {

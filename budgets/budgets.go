@@ -16,6 +16,7 @@ package budgets
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -47,9 +48,58 @@ type Budget struct {
 	Limit billing.Nanos `yaml:"-"`
 }
 
-// File is a parsed budgets file.
+// File is a parsed budgets file, or the budgets in force: the file's and
+// then those made through the operator API.
 type File struct {
 	Budgets []Budget `yaml:"budgets"`
+	// FromAPI marks the budgets made through the operator API, by name.
+	FromAPI map[string]bool `yaml:"-"`
+}
+
+// ParseBudget checks one budget's definition (YAML or JSON, the file's
+// fields), as the operator API receives it.
+func ParseBudget(name string, raw []byte) (*Budget, error) {
+	var b Budget
+	fail, err := strictyaml.Decode(name, raw, &b)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.check("$", fail); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Merge is the budgets in force: the file's (nil: none), then each
+// definition made through the operator API whose name no file budget
+// has, in name order. A definition that fails its check is left out and
+// reported through skip.
+func Merge(file *File, api map[string][]byte, skip func(name string, err error)) *File {
+	out := &File{FromAPI: map[string]bool{}}
+	names := map[string]bool{}
+	if file != nil {
+		out.Budgets = append(out.Budgets, file.Budgets...)
+		for _, b := range file.Budgets {
+			names[b.Name] = true
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(api)) {
+		if names[name] {
+			skip(name, errors.New("the budgets file has a budget of that name, which wins"))
+			continue
+		}
+		b, err := ParseBudget("budget "+name, api[name])
+		if err == nil && b.Name != name {
+			err = fmt.Errorf("it is stored as %q but names itself %q", name, b.Name)
+		}
+		if err != nil {
+			skip(name, err)
+			continue
+		}
+		out.Budgets = append(out.Budgets, *b)
+		out.FromAPI[name] = true
+	}
+	return out
 }
 
 // Load reads and checks the budgets file at path.

@@ -8,31 +8,106 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/internal/loop"
 )
 
-// Watch re-reads the budgets file at path every interval until ctx ends
-// and swaps cur when its content changed and checks out: changes apply
-// without a restart. A file that fails its check leaves the budgets in
-// force, and says why.
-func Watch(ctx context.Context, path string, every time.Duration, cur *atomic.Pointer[File], log *slog.Logger) {
-	last, _ := os.ReadFile(path)
-	loop.Every(ctx, every, func() {
-		raw, err := os.ReadFile(path)
+// Source keeps the budgets in force: the budgets file (Path, may be
+// empty) and the budgets made through the operator API (Defs, may be
+// nil), merged into Current.
+type Source struct {
+	Path    string
+	Defs    billing.BudgetDefStore
+	Current atomic.Pointer[File]
+	Log     *slog.Logger
+
+	file    *File
+	raw     []byte
+	lastAPI map[string]string
+}
+
+// Load reads the file (an error if it fails its check: at start, a bad
+// file stops the sidecar) and the API's budgets (if the store answers).
+func (s *Source) Load(ctx context.Context) error {
+	if s.Path != "" {
+		f, err := Load(s.Path)
 		if err != nil {
-			log.Error("budgets file not re-read; the budgets in force stay", "err", err)
-			return
+			return err
 		}
-		if bytes.Equal(raw, last) {
-			return
+		s.file, s.raw = f, mustRead(s.Path)
+	}
+	s.refresh(ctx)
+	return nil
+}
+
+// Watch re-reads both every interval until ctx ends: changes apply
+// without a restart. A file that fails its check leaves the file's
+// budgets in force, and says why.
+func (s *Source) Watch(ctx context.Context, every time.Duration) {
+	loop.Every(ctx, every, func() { s.refresh(ctx) })
+}
+
+// Refresh re-reads both now (the operator API, after a change).
+func (s *Source) Refresh(ctx context.Context) { s.refresh(ctx) }
+
+func (s *Source) refresh(ctx context.Context) {
+	changed := false
+	if s.Path != "" {
+		raw, err := os.ReadFile(s.Path)
+		switch {
+		case err != nil:
+			s.Log.Error("budgets file not re-read; the budgets in force stay", "err", err)
+		case !bytes.Equal(raw, s.raw):
+			s.raw = raw
+			if f, err := Parse(s.Path, raw); err != nil {
+				s.Log.Error("budgets file not reloaded; the budgets in force stay", "err", err)
+			} else {
+				s.file, changed = f, true
+				s.Log.Info("budgets file reloaded", "budgets", len(f.Budgets))
+			}
 		}
-		last = raw
-		f, err := Parse(path, raw)
+	}
+	api := map[string][]byte{}
+	if s.Defs != nil {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defs, err := s.Defs.BudgetDefs(rctx)
+		cancel()
 		if err != nil {
-			log.Error("budgets file not reloaded; the budgets in force stay", "err", err)
-			return
+			s.Log.Warn("operator-made budgets not re-read; the budgets in force stay", "err", err)
+			defs = nil
+			for k, v := range s.lastAPI {
+				api[k] = []byte(v)
+			}
 		}
-		cur.Store(f)
-		log.Info("budgets file reloaded", "budgets", len(f.Budgets))
-	})
+		for k, v := range defs {
+			api[k] = v
+		}
+	}
+	if !changed && s.Current.Load() != nil && sameDefs(api, s.lastAPI) {
+		return
+	}
+	s.lastAPI = map[string]string{}
+	for k, v := range api {
+		s.lastAPI[k] = string(v)
+	}
+	s.Current.Store(Merge(s.file, api, func(name string, err error) {
+		s.Log.Error("operator-made budget left out", "budget", name, "err", err)
+	}))
+}
+
+func sameDefs(a map[string][]byte, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != string(v) {
+			return false
+		}
+	}
+	return true
+}
+
+func mustRead(path string) []byte {
+	b, _ := os.ReadFile(path)
+	return b
 }

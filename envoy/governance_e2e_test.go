@@ -17,24 +17,31 @@ import (
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
-// governance starts a stack whose callers are per-user keys (alice and
-// bob in group payments, carol in none) and whose budgets are file's.
-func governance(t *testing.T, budgets string) (*testenv.Stack, string) {
+// teamKeys writes a keys file: alice and bob in group payments, carol in
+// none.
+func teamKeys(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
 	sum := func(k string) string { s := sha256.Sum256([]byte(k)); return hex.EncodeToString(s[:]) }
-	keys := filepath.Join(dir, "keys.yaml")
+	keys := filepath.Join(t.TempDir(), "keys.yaml")
 	os.WriteFile(keys, []byte(fmt.Sprintf(`keys:
   - {sha256: %s, user: alice, groups: [payments]}
   - {sha256: %s, user: bob, groups: [payments]}
   - {sha256: %s, user: carol}
 `, sum("alice-key"), sum("bob-key"), sum("carol-key"))), 0o600)
-	file := filepath.Join(dir, "budgets.yaml")
+	return keys
+}
+
+// governance starts a stack whose callers are teamKeys' and whose budgets
+// are the file's.
+func governance(t *testing.T, budgets string) (*testenv.Stack, string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "budgets.yaml")
 	os.WriteFile(file, []byte(budgets), 0o600)
 	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001",
-		Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys, "BUDGETS_FILE=" + file}})
+		Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + teamKeys(t), "BUDGETS_FILE=" + file}})
 	return s, file
 }
 
@@ -206,5 +213,63 @@ func TestRollingWindowSpendAgesOut(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the window's spend: %v, want %d", budgetsOf(t, s, "bob-key")["team-24h"], reqCost)
 		}
+	}
+}
+
+// A budget made with the CLI on one sidecar applies on another sharing
+// its Redis within seconds (each re-reads the operator's budgets every
+// 2 s), is listed with its spend, and deleted, stops applying.
+func TestBudgetsThroughTheCLIApplyEverywhere(t *testing.T) {
+	opAddr := fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
+	keys := teamKeys(t)
+	a := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001", Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys,
+		"ADMIN_TOKEN=" + adminToken, "OPERATOR_ADDR=" + opAddr}})
+	b := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001", Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys,
+		"REDIS_URL=" + a.Redis.URL()}})
+	testinfra.WaitTCP(t, opAddr, 10*time.Second)
+	if out, err := admin(t, opAddr, adminToken, "set-budget", "team-cli", "month", "0.00001", "-groups", "payments", "-warn", "50"); err != nil ||
+		!strings.Contains(out, "team-cli") {
+		t.Fatalf("set-budget: %v %s", err, out)
+	}
+	set := time.Now()
+	for i := range 2 {
+		resp := post(t, a, "/v1/chat/completions", "alice-key", cappedBody, nil)
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d on the first sidecar: %d", i+1, resp.StatusCode)
+		}
+	}
+	status := func(s *testenv.Stack) (int, string) {
+		resp := post(t, s, "/v1/chat/completions", "bob-key", cappedBody, nil)
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for {
+		st, body := status(b)
+		if st == 402 && strings.Contains(body, "team-cli") {
+			break
+		}
+		if time.Since(set) > 10*time.Second {
+			t.Fatalf("the other sidecar never applied the budget: %d %s", st, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("the other sidecar applied the CLI's budget %v after set-budget", time.Since(set).Round(100*time.Millisecond))
+	out, err := admin(t, opAddr, adminToken, "budgets")
+	if err != nil || !strings.Contains(out, "team-cli") || !strings.Contains(out, "api") || !strings.Contains(out, "0.0000177") {
+		t.Fatalf("budgets: %v\n%s", err, out)
+	}
+	if out, err := admin(t, opAddr, adminToken, "delete-budget", "team-cli"); err != nil {
+		t.Fatalf("delete-budget: %v %s", err, out)
+	}
+	deleted := time.Now()
+	for {
+		if st, _ := status(b); st == 200 {
+			break
+		}
+		if time.Since(deleted) > 10*time.Second {
+			t.Fatal("the deleted budget still applies on the other sidecar")
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

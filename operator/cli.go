@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -23,6 +25,11 @@ const cliUsage = `usage: aifirewall admin [-addr host:port] COMMAND
   set-limit USER USD        set USER's daily limit; USD 0 clears the override
   add-key USER [USD]        create a per-user key (printed once) with an optional daily limit
   revoke-key SHA256         revoke a key by its SHA-256
+  budgets                   every budget in force, with its current window's spend
+  set-budget NAME WINDOW USD [-groups a,b] [-identities p,q] [-providers x] [-models 'claude-*']
+            [-per user] [-action audit] [-warn 50,80]
+                            create or replace a budget (WINDOW: day, week, month, 24h, 7d, 30d)
+  delete-budget NAME        remove a budget made with set-budget
 The admin token is read from ADMIN_TOKEN; the address defaults to OPERATOR_ADDR.`
 
 // RunCLI runs `aifirewall admin ARGS`, printing to out.
@@ -85,10 +92,77 @@ func RunCLI(ctx context.Context, args []string, defaultAddr string, out io.Write
 			return err
 		}
 		fmt.Fprintln(out, "revoked")
+	case a[0] == "budgets":
+		r, err := c.ListBudgets(ctx, &operatorv1.ListBudgetsRequest{})
+		if err != nil {
+			return err
+		}
+		printBudgets(out, r.GetBudgets()...)
+	case a[0] == "set-budget" && len(a) >= 4:
+		spec, err := budgetFlags(a[1], a[2], a[3], a[4:])
+		if err != nil {
+			return err
+		}
+		r, err := c.PutBudget(ctx, &operatorv1.PutBudgetRequest{Budget: spec})
+		if err != nil {
+			return err
+		}
+		printBudgets(out, r.GetBudget())
+	case a[0] == "delete-budget" && len(a) == 2:
+		if _, err := c.DeleteBudget(ctx, &operatorv1.DeleteBudgetRequest{Name: a[1]}); err != nil {
+			return err
+		}
+		fmt.Fprintln(out, "deleted")
 	default:
 		return errors.New(cliUsage)
 	}
 	return nil
+}
+
+// budgetFlags reads set-budget's arguments.
+func budgetFlags(name, window, usd string, args []string) (*operatorv1.BudgetSpec, error) {
+	fs := flag.NewFlagSet("set-budget", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	list := func(flagName, help string) *string { return fs.String(flagName, "", help) }
+	groups, ids, provs, models := list("groups", ""), list("identities", ""), list("providers", ""), list("models", "")
+	per, action, warn := fs.String("per", "", ""), fs.String("action", "", ""), fs.String("warn", "", "")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return nil, errors.New(cliUsage)
+	}
+	split := func(s string) []string {
+		if s == "" {
+			return nil
+		}
+		return strings.Split(s, ",")
+	}
+	spec := &operatorv1.BudgetSpec{Name: name, Window: window, LimitUsd: usd, Groups: split(*groups), Identities: split(*ids),
+		Providers: split(*provs), Models: split(*models), Per: *per, Action: *action}
+	for _, w := range split(*warn) {
+		n, err := strconv.Atoi(w)
+		if err != nil {
+			return nil, fmt.Errorf("-warn: %q is not a percentage", w)
+		}
+		spec.Warn = append(spec.Warn, int32(n))
+	}
+	return spec, nil
+}
+
+func printBudgets(out io.Writer, bs ...*operatorv1.BudgetInfo) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tSOURCE\tWINDOW\tPERIOD\tACTION\tLIMIT_USD\tSPENT_USD\tRESERVED_USD")
+	for _, b := range bs {
+		spent, reserved := b.GetSpentUsd(), b.GetReservedUsd()
+		if b.GetSpec().GetPer() == "user" {
+			spent, reserved = "(per user)", "(per user)"
+		}
+		action := b.GetSpec().GetAction()
+		if action == "" {
+			action = "block"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.GetSpec().GetName(), b.GetSource(), b.GetSpec().GetWindow(),
+			b.GetPeriod(), action, b.GetSpec().GetLimitUsd(), spent, reserved)
+	}
+	w.Flush()
 }
 
 func printUsage(out io.Writer, us ...*operatorv1.Usage) {

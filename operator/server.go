@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/budgets"
 	"github.com/aifirewall/aifirewall/identity"
 	operatorv1 "github.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1"
 )
@@ -37,6 +38,9 @@ type Server struct {
 	// KeyWarning, when set, says why keys made with AddKey are not
 	// accepted by the running configuration.
 	KeyWarning string
+	// Budgets are the budgets in force; Defs keeps those made here.
+	Budgets *budgets.Source
+	Defs    billing.BudgetDefStore
 }
 
 // Register serves s on gs.

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -72,7 +71,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if cfg.ProviderKeysInExtProc {
 		upstreamKey = cfg.UpstreamAPIKey
 	}
-	budgetsFile, err := loadBudgets(ctx, cfg, log)
+	defs, _ := store.(billing.BudgetDefStore)
+	budgetSrc, err := loadBudgets(ctx, cfg, defs, log)
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Auth: auth, Upstream: cfg.Provider, UpstreamKey: upstreamKey, Upstreams: ups, Policy: policy(cfg), SendKeys: cfg.ProviderKeysInExtProc,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
 		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
-		Settler: settler, FailOpen: cfg.FailMode == "open", Budgets: budgetsFile,
+		Settler: settler, FailOpen: cfg.FailMode == "open", Budgets: &budgetSrc.Current,
 	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer, cfg.MetricsPerUser))
 
 	// Renewal outlives ctx: streams still draining after SIGTERM keep
@@ -120,7 +120,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	go func() { errc <- gs.Serve(lis) }()
 	go func() { errc <- admin.Serve(adminLis) }()
 	if cfg.AdminToken != "" {
-		ops, err := operatorServer(cfg, store, keyStore, log)
+		ops, err := operatorServer(cfg, store, keyStore, budgetSrc, log)
 		if err != nil {
 			return err
 		}
@@ -250,14 +250,15 @@ func startSettler(cfg *config.Config, store billing.Store, log *slog.Logger) (*b
 }
 
 // operatorServer serves the operator API on OPERATOR_ADDR.
-func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeyStore, log *slog.Logger) (*grpc.Server, error) {
+func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeyStore, budgetSrc *budgets.Source, log *slog.Logger) (*grpc.Server, error) {
 	lis, err := net.Listen("tcp", cfg.OperatorAddr)
 	if err != nil {
 		return nil, fmt.Errorf("OPERATOR_ADDR: %w", err)
 	}
 	unary, stream := operator.TokenAuth(cfg.AdminToken)
 	gs := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
-	srv := &operator.Server{Store: store, Keys: keys, Limit: cfg.Limit, Location: cfg.Location, Log: log, Now: time.Now}
+	srv := &operator.Server{Store: store, Keys: keys, Limit: cfg.Limit, Location: cfg.Location, Log: log, Now: time.Now,
+		Budgets: budgetSrc, Defs: budgetSrc.Defs}
 	if cfg.IdentityMode == "mesh" {
 		srv.KeyWarning = "this gateway runs with IDENTITY_MODE=mesh, which accepts no API keys: the key is stored, " +
 			"but requests with it get 401 until IDENTITY_MODE is shared (the default) or keys"
@@ -309,20 +310,16 @@ func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.Key
 	}
 }
 
-// loadBudgets reads BUDGETS_FILE, if set, and keeps it fresh.
-func loadBudgets(ctx context.Context, cfg *config.Config, log *slog.Logger) (*atomic.Pointer[budgets.File], error) {
-	cur := &atomic.Pointer[budgets.File]{}
-	if cfg.BudgetsFile == "" {
-		return cur, nil
-	}
-	f, err := budgets.Load(cfg.BudgetsFile)
-	if err != nil {
+// loadBudgets reads BUDGETS_FILE, if set, and the budgets made through
+// the operator API, and keeps both fresh.
+func loadBudgets(ctx context.Context, cfg *config.Config, defs billing.BudgetDefStore, log *slog.Logger) (*budgets.Source, error) {
+	src := &budgets.Source{Path: cfg.BudgetsFile, Defs: defs, Log: log}
+	if err := src.Load(ctx); err != nil {
 		return nil, fmt.Errorf("BUDGETS_FILE: %w", err)
 	}
-	cur.Store(f)
-	log.Info("budgets", "file", cfg.BudgetsFile, "budgets", len(f.Budgets))
-	go budgets.Watch(ctx, cfg.BudgetsFile, 2*time.Second, cur, log)
-	return cur, nil
+	log.Info("budgets", "file", cfg.BudgetsFile, "budgets", len(src.Current.Load().Budgets))
+	go src.Watch(ctx, 2*time.Second)
+	return src, nil
 }
 
 // keyring loads the per-user keys (KEYS_FILE and operator-made ones) and

@@ -25,6 +25,478 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// A budget as the budgets file writes it.
+type BudgetSpec struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Identities []string               `protobuf:"bytes,2,rep,name=identities,proto3" json:"identities,omitempty"`
+	Groups     []string               `protobuf:"bytes,3,rep,name=groups,proto3" json:"groups,omitempty"`
+	Providers  []string               `protobuf:"bytes,4,rep,name=providers,proto3" json:"providers,omitempty"`
+	Models     []string               `protobuf:"bytes,5,rep,name=models,proto3" json:"models,omitempty"`
+	// day, week, month, or rolling: 24h, 7d, 30d.
+	Window string `protobuf:"bytes,6,opt,name=window,proto3" json:"window,omitempty"`
+	// "user": a counter per identity; empty: one shared counter.
+	Per      string `protobuf:"bytes,7,opt,name=per,proto3" json:"per,omitempty"`
+	LimitUsd string `protobuf:"bytes,8,opt,name=limit_usd,json=limitUsd,proto3" json:"limit_usd,omitempty"`
+	// block (default) or audit.
+	Action        string  `protobuf:"bytes,9,opt,name=action,proto3" json:"action,omitempty"`
+	Warn          []int32 `protobuf:"varint,10,rep,packed,name=warn,proto3" json:"warn,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BudgetSpec) Reset() {
+	*x = BudgetSpec{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BudgetSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BudgetSpec) ProtoMessage() {}
+
+func (x *BudgetSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BudgetSpec.ProtoReflect.Descriptor instead.
+func (*BudgetSpec) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BudgetSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BudgetSpec) GetIdentities() []string {
+	if x != nil {
+		return x.Identities
+	}
+	return nil
+}
+
+func (x *BudgetSpec) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *BudgetSpec) GetProviders() []string {
+	if x != nil {
+		return x.Providers
+	}
+	return nil
+}
+
+func (x *BudgetSpec) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *BudgetSpec) GetWindow() string {
+	if x != nil {
+		return x.Window
+	}
+	return ""
+}
+
+func (x *BudgetSpec) GetPer() string {
+	if x != nil {
+		return x.Per
+	}
+	return ""
+}
+
+func (x *BudgetSpec) GetLimitUsd() string {
+	if x != nil {
+		return x.LimitUsd
+	}
+	return ""
+}
+
+func (x *BudgetSpec) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *BudgetSpec) GetWarn() []int32 {
+	if x != nil {
+		return x.Warn
+	}
+	return nil
+}
+
+// A budget in force and its current window. Per-user budgets (per:
+// "user") report no spend here: each identity has its own counter
+// (GET /v1/budget shows a caller's).
+type BudgetInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Spec  *BudgetSpec            `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	// "file" or "api".
+	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Period        string `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	LimitNanos    int64  `protobuf:"varint,4,opt,name=limit_nanos,json=limitNanos,proto3" json:"limit_nanos,omitempty"`
+	SpentNanos    int64  `protobuf:"varint,5,opt,name=spent_nanos,json=spentNanos,proto3" json:"spent_nanos,omitempty"`
+	ReservedNanos int64  `protobuf:"varint,6,opt,name=reserved_nanos,json=reservedNanos,proto3" json:"reserved_nanos,omitempty"`
+	SpentUsd      string `protobuf:"bytes,7,opt,name=spent_usd,json=spentUsd,proto3" json:"spent_usd,omitempty"`
+	ReservedUsd   string `protobuf:"bytes,8,opt,name=reserved_usd,json=reservedUsd,proto3" json:"reserved_usd,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BudgetInfo) Reset() {
+	*x = BudgetInfo{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BudgetInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BudgetInfo) ProtoMessage() {}
+
+func (x *BudgetInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BudgetInfo.ProtoReflect.Descriptor instead.
+func (*BudgetInfo) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BudgetInfo) GetSpec() *BudgetSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *BudgetInfo) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *BudgetInfo) GetPeriod() string {
+	if x != nil {
+		return x.Period
+	}
+	return ""
+}
+
+func (x *BudgetInfo) GetLimitNanos() int64 {
+	if x != nil {
+		return x.LimitNanos
+	}
+	return 0
+}
+
+func (x *BudgetInfo) GetSpentNanos() int64 {
+	if x != nil {
+		return x.SpentNanos
+	}
+	return 0
+}
+
+func (x *BudgetInfo) GetReservedNanos() int64 {
+	if x != nil {
+		return x.ReservedNanos
+	}
+	return 0
+}
+
+func (x *BudgetInfo) GetSpentUsd() string {
+	if x != nil {
+		return x.SpentUsd
+	}
+	return ""
+}
+
+func (x *BudgetInfo) GetReservedUsd() string {
+	if x != nil {
+		return x.ReservedUsd
+	}
+	return ""
+}
+
+type PutBudgetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Budget        *BudgetSpec            `protobuf:"bytes,1,opt,name=budget,proto3" json:"budget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutBudgetRequest) Reset() {
+	*x = PutBudgetRequest{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutBudgetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutBudgetRequest) ProtoMessage() {}
+
+func (x *PutBudgetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutBudgetRequest.ProtoReflect.Descriptor instead.
+func (*PutBudgetRequest) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PutBudgetRequest) GetBudget() *BudgetSpec {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+type PutBudgetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Budget        *BudgetInfo            `protobuf:"bytes,1,opt,name=budget,proto3" json:"budget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutBudgetResponse) Reset() {
+	*x = PutBudgetResponse{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutBudgetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutBudgetResponse) ProtoMessage() {}
+
+func (x *PutBudgetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutBudgetResponse.ProtoReflect.Descriptor instead.
+func (*PutBudgetResponse) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PutBudgetResponse) GetBudget() *BudgetInfo {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+type ListBudgetsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBudgetsRequest) Reset() {
+	*x = ListBudgetsRequest{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBudgetsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBudgetsRequest) ProtoMessage() {}
+
+func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
+func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{4}
+}
+
+type ListBudgetsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Budgets       []*BudgetInfo          `protobuf:"bytes,1,rep,name=budgets,proto3" json:"budgets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBudgetsResponse) Reset() {
+	*x = ListBudgetsResponse{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBudgetsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBudgetsResponse) ProtoMessage() {}
+
+func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
+func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListBudgetsResponse) GetBudgets() []*BudgetInfo {
+	if x != nil {
+		return x.Budgets
+	}
+	return nil
+}
+
+type DeleteBudgetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBudgetRequest) Reset() {
+	*x = DeleteBudgetRequest{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBudgetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBudgetRequest) ProtoMessage() {}
+
+func (x *DeleteBudgetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBudgetRequest.ProtoReflect.Descriptor instead.
+func (*DeleteBudgetRequest) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DeleteBudgetRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteBudgetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBudgetResponse) Reset() {
+	*x = DeleteBudgetResponse{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBudgetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBudgetResponse) ProtoMessage() {}
+
+func (x *DeleteBudgetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBudgetResponse.ProtoReflect.Descriptor instead.
+func (*DeleteBudgetResponse) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{7}
+}
+
 type GetUsageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	User  string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
@@ -36,7 +508,7 @@ type GetUsageRequest struct {
 
 func (x *GetUsageRequest) Reset() {
 	*x = GetUsageRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[0]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +520,7 @@ func (x *GetUsageRequest) String() string {
 func (*GetUsageRequest) ProtoMessage() {}
 
 func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[0]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +533,7 @@ func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{0}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetUsageRequest) GetUser() string {
@@ -97,7 +569,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[1]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -109,7 +581,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[1]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -122,7 +594,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{1}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Usage) GetUser() string {
@@ -197,7 +669,7 @@ type ListUsersRequest struct {
 
 func (x *ListUsersRequest) Reset() {
 	*x = ListUsersRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[2]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +681,7 @@ func (x *ListUsersRequest) String() string {
 func (*ListUsersRequest) ProtoMessage() {}
 
 func (x *ListUsersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[2]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +694,7 @@ func (x *ListUsersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUsersRequest.ProtoReflect.Descriptor instead.
 func (*ListUsersRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{2}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListUsersRequest) GetDay() string {
@@ -241,7 +713,7 @@ type ListUsersResponse struct {
 
 func (x *ListUsersResponse) Reset() {
 	*x = ListUsersResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[3]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +725,7 @@ func (x *ListUsersResponse) String() string {
 func (*ListUsersResponse) ProtoMessage() {}
 
 func (x *ListUsersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[3]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +738,7 @@ func (x *ListUsersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUsersResponse.ProtoReflect.Descriptor instead.
 func (*ListUsersResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{3}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListUsersResponse) GetUsers() []*Usage {
@@ -287,7 +759,7 @@ type SetLimitRequest struct {
 
 func (x *SetLimitRequest) Reset() {
 	*x = SetLimitRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[4]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -299,7 +771,7 @@ func (x *SetLimitRequest) String() string {
 func (*SetLimitRequest) ProtoMessage() {}
 
 func (x *SetLimitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[4]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -312,7 +784,7 @@ func (x *SetLimitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLimitRequest.ProtoReflect.Descriptor instead.
 func (*SetLimitRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{4}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetLimitRequest) GetUser() string {
@@ -338,7 +810,7 @@ type SetLimitResponse struct {
 
 func (x *SetLimitResponse) Reset() {
 	*x = SetLimitResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[5]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +822,7 @@ func (x *SetLimitResponse) String() string {
 func (*SetLimitResponse) ProtoMessage() {}
 
 func (x *SetLimitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[5]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +835,7 @@ func (x *SetLimitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLimitResponse.ProtoReflect.Descriptor instead.
 func (*SetLimitResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{5}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetLimitResponse) GetUsage() *Usage {
@@ -384,7 +856,7 @@ type AddKeyRequest struct {
 
 func (x *AddKeyRequest) Reset() {
 	*x = AddKeyRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[6]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +868,7 @@ func (x *AddKeyRequest) String() string {
 func (*AddKeyRequest) ProtoMessage() {}
 
 func (x *AddKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[6]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +881,7 @@ func (x *AddKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddKeyRequest.ProtoReflect.Descriptor instead.
 func (*AddKeyRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{6}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AddKeyRequest) GetUser() string {
@@ -441,7 +913,7 @@ type AddKeyResponse struct {
 
 func (x *AddKeyResponse) Reset() {
 	*x = AddKeyResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[7]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +925,7 @@ func (x *AddKeyResponse) String() string {
 func (*AddKeyResponse) ProtoMessage() {}
 
 func (x *AddKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[7]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +938,7 @@ func (x *AddKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddKeyResponse.ProtoReflect.Descriptor instead.
 func (*AddKeyResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{7}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AddKeyResponse) GetKey() string {
@@ -499,7 +971,7 @@ type RevokeKeyRequest struct {
 
 func (x *RevokeKeyRequest) Reset() {
 	*x = RevokeKeyRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[8]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +983,7 @@ func (x *RevokeKeyRequest) String() string {
 func (*RevokeKeyRequest) ProtoMessage() {}
 
 func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[8]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +996,7 @@ func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{8}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokeKeyRequest) GetSha256() string {
@@ -542,7 +1014,7 @@ type RevokeKeyResponse struct {
 
 func (x *RevokeKeyResponse) Reset() {
 	*x = RevokeKeyResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[9]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +1026,7 @@ func (x *RevokeKeyResponse) String() string {
 func (*RevokeKeyResponse) ProtoMessage() {}
 
 func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[9]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,14 +1039,51 @@ func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{9}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{17}
 }
 
 var File_aifirewall_operator_v1_operator_proto protoreflect.FileDescriptor
 
 const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"%aifirewall/operator/v1/operator.proto\x12\x16aifirewall.operator.v1\"7\n" +
+	"%aifirewall/operator/v1/operator.proto\x12\x16aifirewall.operator.v1\"\x81\x02\n" +
+	"\n" +
+	"BudgetSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"identities\x18\x02 \x03(\tR\n" +
+	"identities\x12\x16\n" +
+	"\x06groups\x18\x03 \x03(\tR\x06groups\x12\x1c\n" +
+	"\tproviders\x18\x04 \x03(\tR\tproviders\x12\x16\n" +
+	"\x06models\x18\x05 \x03(\tR\x06models\x12\x16\n" +
+	"\x06window\x18\x06 \x01(\tR\x06window\x12\x10\n" +
+	"\x03per\x18\a \x01(\tR\x03per\x12\x1b\n" +
+	"\tlimit_usd\x18\b \x01(\tR\blimitUsd\x12\x16\n" +
+	"\x06action\x18\t \x01(\tR\x06action\x12\x12\n" +
+	"\x04warn\x18\n" +
+	" \x03(\x05R\x04warn\"\x9d\x02\n" +
+	"\n" +
+	"BudgetInfo\x126\n" +
+	"\x04spec\x18\x01 \x01(\v2\".aifirewall.operator.v1.BudgetSpecR\x04spec\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n" +
+	"\x06period\x18\x03 \x01(\tR\x06period\x12\x1f\n" +
+	"\vlimit_nanos\x18\x04 \x01(\x03R\n" +
+	"limitNanos\x12\x1f\n" +
+	"\vspent_nanos\x18\x05 \x01(\x03R\n" +
+	"spentNanos\x12%\n" +
+	"\x0ereserved_nanos\x18\x06 \x01(\x03R\rreservedNanos\x12\x1b\n" +
+	"\tspent_usd\x18\a \x01(\tR\bspentUsd\x12!\n" +
+	"\freserved_usd\x18\b \x01(\tR\vreservedUsd\"N\n" +
+	"\x10PutBudgetRequest\x12:\n" +
+	"\x06budget\x18\x01 \x01(\v2\".aifirewall.operator.v1.BudgetSpecR\x06budget\"O\n" +
+	"\x11PutBudgetResponse\x12:\n" +
+	"\x06budget\x18\x01 \x01(\v2\".aifirewall.operator.v1.BudgetInfoR\x06budget\"\x14\n" +
+	"\x12ListBudgetsRequest\"S\n" +
+	"\x13ListBudgetsResponse\x12<\n" +
+	"\abudgets\x18\x01 \x03(\v2\".aifirewall.operator.v1.BudgetInfoR\abudgets\")\n" +
+	"\x13DeleteBudgetRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
+	"\x14DeleteBudgetResponse\"7\n" +
 	"\x0fGetUsageRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x10\n" +
 	"\x03day\x18\x02 \x01(\tR\x03day\"\x9e\x02\n" +
@@ -608,13 +1117,16 @@ const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"\awarning\x18\x03 \x01(\tR\awarning\"*\n" +
 	"\x10RevokeKeyRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\"\x13\n" +
-	"\x11RevokeKeyResponse2\xe1\x03\n" +
+	"\x11RevokeKeyResponse2\x96\x06\n" +
 	"\x0fOperatorService\x12R\n" +
 	"\bGetUsage\x12'.aifirewall.operator.v1.GetUsageRequest\x1a\x1d.aifirewall.operator.v1.Usage\x12`\n" +
 	"\tListUsers\x12(.aifirewall.operator.v1.ListUsersRequest\x1a).aifirewall.operator.v1.ListUsersResponse\x12]\n" +
 	"\bSetLimit\x12'.aifirewall.operator.v1.SetLimitRequest\x1a(.aifirewall.operator.v1.SetLimitResponse\x12W\n" +
 	"\x06AddKey\x12%.aifirewall.operator.v1.AddKeyRequest\x1a&.aifirewall.operator.v1.AddKeyResponse\x12`\n" +
-	"\tRevokeKey\x12(.aifirewall.operator.v1.RevokeKeyRequest\x1a).aifirewall.operator.v1.RevokeKeyResponseBNZLgithub.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1;operatorv1b\x06proto3"
+	"\tRevokeKey\x12(.aifirewall.operator.v1.RevokeKeyRequest\x1a).aifirewall.operator.v1.RevokeKeyResponse\x12`\n" +
+	"\tPutBudget\x12(.aifirewall.operator.v1.PutBudgetRequest\x1a).aifirewall.operator.v1.PutBudgetResponse\x12f\n" +
+	"\vListBudgets\x12*.aifirewall.operator.v1.ListBudgetsRequest\x1a+.aifirewall.operator.v1.ListBudgetsResponse\x12i\n" +
+	"\fDeleteBudget\x12+.aifirewall.operator.v1.DeleteBudgetRequest\x1a,.aifirewall.operator.v1.DeleteBudgetResponseBNZLgithub.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1;operatorv1b\x06proto3"
 
 var (
 	file_aifirewall_operator_v1_operator_proto_rawDescOnce sync.Once
@@ -628,37 +1140,55 @@ func file_aifirewall_operator_v1_operator_proto_rawDescGZIP() []byte {
 	return file_aifirewall_operator_v1_operator_proto_rawDescData
 }
 
-var file_aifirewall_operator_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_aifirewall_operator_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_aifirewall_operator_v1_operator_proto_goTypes = []any{
-	(*GetUsageRequest)(nil),   // 0: aifirewall.operator.v1.GetUsageRequest
-	(*Usage)(nil),             // 1: aifirewall.operator.v1.Usage
-	(*ListUsersRequest)(nil),  // 2: aifirewall.operator.v1.ListUsersRequest
-	(*ListUsersResponse)(nil), // 3: aifirewall.operator.v1.ListUsersResponse
-	(*SetLimitRequest)(nil),   // 4: aifirewall.operator.v1.SetLimitRequest
-	(*SetLimitResponse)(nil),  // 5: aifirewall.operator.v1.SetLimitResponse
-	(*AddKeyRequest)(nil),     // 6: aifirewall.operator.v1.AddKeyRequest
-	(*AddKeyResponse)(nil),    // 7: aifirewall.operator.v1.AddKeyResponse
-	(*RevokeKeyRequest)(nil),  // 8: aifirewall.operator.v1.RevokeKeyRequest
-	(*RevokeKeyResponse)(nil), // 9: aifirewall.operator.v1.RevokeKeyResponse
+	(*BudgetSpec)(nil),           // 0: aifirewall.operator.v1.BudgetSpec
+	(*BudgetInfo)(nil),           // 1: aifirewall.operator.v1.BudgetInfo
+	(*PutBudgetRequest)(nil),     // 2: aifirewall.operator.v1.PutBudgetRequest
+	(*PutBudgetResponse)(nil),    // 3: aifirewall.operator.v1.PutBudgetResponse
+	(*ListBudgetsRequest)(nil),   // 4: aifirewall.operator.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),  // 5: aifirewall.operator.v1.ListBudgetsResponse
+	(*DeleteBudgetRequest)(nil),  // 6: aifirewall.operator.v1.DeleteBudgetRequest
+	(*DeleteBudgetResponse)(nil), // 7: aifirewall.operator.v1.DeleteBudgetResponse
+	(*GetUsageRequest)(nil),      // 8: aifirewall.operator.v1.GetUsageRequest
+	(*Usage)(nil),                // 9: aifirewall.operator.v1.Usage
+	(*ListUsersRequest)(nil),     // 10: aifirewall.operator.v1.ListUsersRequest
+	(*ListUsersResponse)(nil),    // 11: aifirewall.operator.v1.ListUsersResponse
+	(*SetLimitRequest)(nil),      // 12: aifirewall.operator.v1.SetLimitRequest
+	(*SetLimitResponse)(nil),     // 13: aifirewall.operator.v1.SetLimitResponse
+	(*AddKeyRequest)(nil),        // 14: aifirewall.operator.v1.AddKeyRequest
+	(*AddKeyResponse)(nil),       // 15: aifirewall.operator.v1.AddKeyResponse
+	(*RevokeKeyRequest)(nil),     // 16: aifirewall.operator.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),    // 17: aifirewall.operator.v1.RevokeKeyResponse
 }
 var file_aifirewall_operator_v1_operator_proto_depIdxs = []int32{
-	1, // 0: aifirewall.operator.v1.ListUsersResponse.users:type_name -> aifirewall.operator.v1.Usage
-	1, // 1: aifirewall.operator.v1.SetLimitResponse.usage:type_name -> aifirewall.operator.v1.Usage
-	0, // 2: aifirewall.operator.v1.OperatorService.GetUsage:input_type -> aifirewall.operator.v1.GetUsageRequest
-	2, // 3: aifirewall.operator.v1.OperatorService.ListUsers:input_type -> aifirewall.operator.v1.ListUsersRequest
-	4, // 4: aifirewall.operator.v1.OperatorService.SetLimit:input_type -> aifirewall.operator.v1.SetLimitRequest
-	6, // 5: aifirewall.operator.v1.OperatorService.AddKey:input_type -> aifirewall.operator.v1.AddKeyRequest
-	8, // 6: aifirewall.operator.v1.OperatorService.RevokeKey:input_type -> aifirewall.operator.v1.RevokeKeyRequest
-	1, // 7: aifirewall.operator.v1.OperatorService.GetUsage:output_type -> aifirewall.operator.v1.Usage
-	3, // 8: aifirewall.operator.v1.OperatorService.ListUsers:output_type -> aifirewall.operator.v1.ListUsersResponse
-	5, // 9: aifirewall.operator.v1.OperatorService.SetLimit:output_type -> aifirewall.operator.v1.SetLimitResponse
-	7, // 10: aifirewall.operator.v1.OperatorService.AddKey:output_type -> aifirewall.operator.v1.AddKeyResponse
-	9, // 11: aifirewall.operator.v1.OperatorService.RevokeKey:output_type -> aifirewall.operator.v1.RevokeKeyResponse
-	7, // [7:12] is the sub-list for method output_type
-	2, // [2:7] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	0,  // 0: aifirewall.operator.v1.BudgetInfo.spec:type_name -> aifirewall.operator.v1.BudgetSpec
+	0,  // 1: aifirewall.operator.v1.PutBudgetRequest.budget:type_name -> aifirewall.operator.v1.BudgetSpec
+	1,  // 2: aifirewall.operator.v1.PutBudgetResponse.budget:type_name -> aifirewall.operator.v1.BudgetInfo
+	1,  // 3: aifirewall.operator.v1.ListBudgetsResponse.budgets:type_name -> aifirewall.operator.v1.BudgetInfo
+	9,  // 4: aifirewall.operator.v1.ListUsersResponse.users:type_name -> aifirewall.operator.v1.Usage
+	9,  // 5: aifirewall.operator.v1.SetLimitResponse.usage:type_name -> aifirewall.operator.v1.Usage
+	8,  // 6: aifirewall.operator.v1.OperatorService.GetUsage:input_type -> aifirewall.operator.v1.GetUsageRequest
+	10, // 7: aifirewall.operator.v1.OperatorService.ListUsers:input_type -> aifirewall.operator.v1.ListUsersRequest
+	12, // 8: aifirewall.operator.v1.OperatorService.SetLimit:input_type -> aifirewall.operator.v1.SetLimitRequest
+	14, // 9: aifirewall.operator.v1.OperatorService.AddKey:input_type -> aifirewall.operator.v1.AddKeyRequest
+	16, // 10: aifirewall.operator.v1.OperatorService.RevokeKey:input_type -> aifirewall.operator.v1.RevokeKeyRequest
+	2,  // 11: aifirewall.operator.v1.OperatorService.PutBudget:input_type -> aifirewall.operator.v1.PutBudgetRequest
+	4,  // 12: aifirewall.operator.v1.OperatorService.ListBudgets:input_type -> aifirewall.operator.v1.ListBudgetsRequest
+	6,  // 13: aifirewall.operator.v1.OperatorService.DeleteBudget:input_type -> aifirewall.operator.v1.DeleteBudgetRequest
+	9,  // 14: aifirewall.operator.v1.OperatorService.GetUsage:output_type -> aifirewall.operator.v1.Usage
+	11, // 15: aifirewall.operator.v1.OperatorService.ListUsers:output_type -> aifirewall.operator.v1.ListUsersResponse
+	13, // 16: aifirewall.operator.v1.OperatorService.SetLimit:output_type -> aifirewall.operator.v1.SetLimitResponse
+	15, // 17: aifirewall.operator.v1.OperatorService.AddKey:output_type -> aifirewall.operator.v1.AddKeyResponse
+	17, // 18: aifirewall.operator.v1.OperatorService.RevokeKey:output_type -> aifirewall.operator.v1.RevokeKeyResponse
+	3,  // 19: aifirewall.operator.v1.OperatorService.PutBudget:output_type -> aifirewall.operator.v1.PutBudgetResponse
+	5,  // 20: aifirewall.operator.v1.OperatorService.ListBudgets:output_type -> aifirewall.operator.v1.ListBudgetsResponse
+	7,  // 21: aifirewall.operator.v1.OperatorService.DeleteBudget:output_type -> aifirewall.operator.v1.DeleteBudgetResponse
+	14, // [14:22] is the sub-list for method output_type
+	6,  // [6:14] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_aifirewall_operator_v1_operator_proto_init() }
@@ -672,7 +1202,7 @@ func file_aifirewall_operator_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aifirewall_operator_v1_operator_proto_rawDesc), len(file_aifirewall_operator_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,11 +23,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	OperatorService_GetUsage_FullMethodName  = "/aifirewall.operator.v1.OperatorService/GetUsage"
-	OperatorService_ListUsers_FullMethodName = "/aifirewall.operator.v1.OperatorService/ListUsers"
-	OperatorService_SetLimit_FullMethodName  = "/aifirewall.operator.v1.OperatorService/SetLimit"
-	OperatorService_AddKey_FullMethodName    = "/aifirewall.operator.v1.OperatorService/AddKey"
-	OperatorService_RevokeKey_FullMethodName = "/aifirewall.operator.v1.OperatorService/RevokeKey"
+	OperatorService_GetUsage_FullMethodName     = "/aifirewall.operator.v1.OperatorService/GetUsage"
+	OperatorService_ListUsers_FullMethodName    = "/aifirewall.operator.v1.OperatorService/ListUsers"
+	OperatorService_SetLimit_FullMethodName     = "/aifirewall.operator.v1.OperatorService/SetLimit"
+	OperatorService_AddKey_FullMethodName       = "/aifirewall.operator.v1.OperatorService/AddKey"
+	OperatorService_RevokeKey_FullMethodName    = "/aifirewall.operator.v1.OperatorService/RevokeKey"
+	OperatorService_PutBudget_FullMethodName    = "/aifirewall.operator.v1.OperatorService/PutBudget"
+	OperatorService_ListBudgets_FullMethodName  = "/aifirewall.operator.v1.OperatorService/ListBudgets"
+	OperatorService_DeleteBudget_FullMethodName = "/aifirewall.operator.v1.OperatorService/DeleteBudget"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -46,6 +49,15 @@ type OperatorServiceClient interface {
 	// RevokeKey revokes a key by its SHA-256, whether added here or listed
 	// in the keys file.
 	RevokeKey(ctx context.Context, in *RevokeKeyRequest, opts ...grpc.CallOption) (*RevokeKeyResponse, error)
+	// PutBudget creates or replaces a budget (README, Budgets); every
+	// sidecar applies it within seconds. A budget of the budgets file is
+	// changed in the file, not here.
+	PutBudget(ctx context.Context, in *PutBudgetRequest, opts ...grpc.CallOption) (*PutBudgetResponse, error)
+	// ListBudgets returns every budget in force (the file's and the API's)
+	// with the spend of its current window.
+	ListBudgets(ctx context.Context, in *ListBudgetsRequest, opts ...grpc.CallOption) (*ListBudgetsResponse, error)
+	// DeleteBudget removes a budget made with PutBudget.
+	DeleteBudget(ctx context.Context, in *DeleteBudgetRequest, opts ...grpc.CallOption) (*DeleteBudgetResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -106,6 +118,36 @@ func (c *operatorServiceClient) RevokeKey(ctx context.Context, in *RevokeKeyRequ
 	return out, nil
 }
 
+func (c *operatorServiceClient) PutBudget(ctx context.Context, in *PutBudgetRequest, opts ...grpc.CallOption) (*PutBudgetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutBudgetResponse)
+	err := c.cc.Invoke(ctx, OperatorService_PutBudget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) ListBudgets(ctx context.Context, in *ListBudgetsRequest, opts ...grpc.CallOption) (*ListBudgetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBudgetsResponse)
+	err := c.cc.Invoke(ctx, OperatorService_ListBudgets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) DeleteBudget(ctx context.Context, in *DeleteBudgetRequest, opts ...grpc.CallOption) (*DeleteBudgetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteBudgetResponse)
+	err := c.cc.Invoke(ctx, OperatorService_DeleteBudget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -122,6 +164,15 @@ type OperatorServiceServer interface {
 	// RevokeKey revokes a key by its SHA-256, whether added here or listed
 	// in the keys file.
 	RevokeKey(context.Context, *RevokeKeyRequest) (*RevokeKeyResponse, error)
+	// PutBudget creates or replaces a budget (README, Budgets); every
+	// sidecar applies it within seconds. A budget of the budgets file is
+	// changed in the file, not here.
+	PutBudget(context.Context, *PutBudgetRequest) (*PutBudgetResponse, error)
+	// ListBudgets returns every budget in force (the file's and the API's)
+	// with the spend of its current window.
+	ListBudgets(context.Context, *ListBudgetsRequest) (*ListBudgetsResponse, error)
+	// DeleteBudget removes a budget made with PutBudget.
+	DeleteBudget(context.Context, *DeleteBudgetRequest) (*DeleteBudgetResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -146,6 +197,15 @@ func (UnimplementedOperatorServiceServer) AddKey(context.Context, *AddKeyRequest
 }
 func (UnimplementedOperatorServiceServer) RevokeKey(context.Context, *RevokeKeyRequest) (*RevokeKeyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RevokeKey not implemented")
+}
+func (UnimplementedOperatorServiceServer) PutBudget(context.Context, *PutBudgetRequest) (*PutBudgetResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutBudget not implemented")
+}
+func (UnimplementedOperatorServiceServer) ListBudgets(context.Context, *ListBudgetsRequest) (*ListBudgetsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListBudgets not implemented")
+}
+func (UnimplementedOperatorServiceServer) DeleteBudget(context.Context, *DeleteBudgetRequest) (*DeleteBudgetResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteBudget not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -258,6 +318,60 @@ func _OperatorService_RevokeKey_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_PutBudget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutBudgetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).PutBudget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_PutBudget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).PutBudget(ctx, req.(*PutBudgetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_ListBudgets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBudgetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).ListBudgets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_ListBudgets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).ListBudgets(ctx, req.(*ListBudgetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_DeleteBudget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteBudgetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).DeleteBudget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_DeleteBudget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).DeleteBudget(ctx, req.(*DeleteBudgetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -284,6 +398,18 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeKey",
 			Handler:    _OperatorService_RevokeKey_Handler,
+		},
+		{
+			MethodName: "PutBudget",
+			Handler:    _OperatorService_PutBudget_Handler,
+		},
+		{
+			MethodName: "ListBudgets",
+			Handler:    _OperatorService_ListBudgets_Handler,
+		},
+		{
+			MethodName: "DeleteBudget",
+			Handler:    _OperatorService_DeleteBudget_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
