@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,9 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/budgets"
@@ -35,17 +32,8 @@ func TestBudgetsThroughTheAPI(t *testing.T) {
 	}
 	unary, stream := TokenAuth(token)
 	gs := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
-	(&Server{Store: store, Keys: store, Limit: billing.NanosPerUSD, Location: time.UTC, Log: log, Now: time.Now,
-		Budgets: src, Defs: store}).Register(gs)
-	lis := bufconn.Listen(1 << 16)
-	go gs.Serve(lis)
-	conn, err := grpc.NewClient("passthrough:///buf", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(); gs.Stop() })
-	c := operatorv1.NewOperatorServiceClient(conn)
+	c := serve(t, gs, &Server{Store: store, Keys: store, Limit: billing.NanosPerUSD, Location: time.UTC, Log: log, Now: time.Now,
+		Budgets: src, Defs: store})
 	ctx := authed(token)
 
 	put := func(spec *operatorv1.BudgetSpec) (*operatorv1.PutBudgetResponse, error) {

@@ -32,6 +32,12 @@ func client(t *testing.T, store *billing.MemStore, keyWarning ...string) operato
 	if len(keyWarning) > 0 {
 		srv.KeyWarning = keyWarning[0]
 	}
+	return serve(t, gs, srv)
+}
+
+// serve serves srv on gs, in memory, and returns a client of it.
+func serve(t *testing.T, gs *grpc.Server, srv *Server) operatorv1.OperatorServiceClient {
+	t.Helper()
 	srv.Register(gs)
 	lis := bufconn.Listen(1 << 16)
 	go gs.Serve(lis)
