@@ -64,6 +64,9 @@ func (r *request) admitBudgets(ctx context.Context, now time.Time, estimate bill
 			return unavailable("the budget store is unreachable, so the request was not forwarded; retry shortly, and tell your gateway operator if it persists")
 		}
 		c.bud, c.reserved = bud, bud.Admitted
+		if b.Per != "user" {
+			r.s.metrics.budgetUsed(b.Name, bud)
+		}
 		if !bud.Admitted && !b.Audit() {
 			r.log.Info("over budget", "budget", b.Name, "period", c.period, "spent_nanos", int64(bud.Spent), "reserved_nanos", int64(bud.Reserved))
 			r.release()

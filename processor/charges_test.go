@@ -8,6 +8,8 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/budgets"
@@ -145,6 +147,8 @@ func TestBudgetsScopeAndSettle(t *testing.T) {
 // A budget's warning thresholds show in the answer's headers once reached.
 func TestBudgetWarningThreshold(t *testing.T) {
 	h, cur := budgetsHarness(t, teamBudgets)
+	m := NewMetrics(prometheus.NewRegistry(), false)
+	h.srv.WithMetrics(m)
 	cur.Store(&budgets.File{Budgets: cur.Load().Budgets[:1]})
 	team := cur.Load().Budgets[0]
 	h.spend(t, team, "alice", team.Limit*8/10)
@@ -154,6 +158,10 @@ func TestBudgetWarningThreshold(t *testing.T) {
 	resp := x.responseHeaders(":status", "200", "content-type", "application/json")
 	if w := headerOf(resp, "x-aifirewall-budget-warning"); !strings.HasPrefix(w, "payments-month: 80% of $0.01 used") {
 		t.Fatalf("warning %q", w)
+	}
+	// 80% spent plus this request's reservation, as the admission found it.
+	if u := testutil.ToFloat64(m.budgetUse.WithLabelValues("payments-month")); u <= 0.8 || u >= 1 {
+		t.Fatalf("utilisation gauge %v", u)
 	}
 }
 

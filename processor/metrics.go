@@ -26,6 +26,7 @@ type Metrics struct {
 	userCost    *prometheus.CounterVec // nil unless per-user series are enabled
 	budgetCost  *prometheus.CounterVec // by budget of the budgets file
 	auditOver   *prometheus.CounterVec
+	budgetUse   *prometheus.GaugeVec
 }
 
 // Decisions a request can end its request phase with.
@@ -90,8 +91,13 @@ func NewMetrics(reg prometheus.Registerer, perUser bool) *Metrics {
 	m.auditOver = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "aifirewall_budget_audit_exceeded_total", Help: "Requests admitted past the limit of an audit budget.",
 	}, []string{"budget"})
+	// As this sidecar's last admission found it, for the budgets one
+	// counter holds (not per: user); across sidecars, take the max.
+	m.budgetUse = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "aifirewall_budget_utilisation_ratio", Help: "Spent and reserved over the limit of each shared budget of the budgets file, at this sidecar's last admission.",
+	}, []string{"budget"})
 	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open, m.streams, m.distrust, m.swaps, m.panics,
-		m.budgetCost, m.auditOver)
+		m.budgetCost, m.auditOver, m.budgetUse)
 	if perUser {
 		m.userCost = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aifirewall_user_cost_usd_total", Help: "Spend billed, in USD, by user (METRICS_PER_USER).",
@@ -166,6 +172,12 @@ func (m *Metrics) modelSwap() {
 func (m *Metrics) budgetCharged(budget string, cost billing.Nanos) {
 	if m != nil {
 		m.budgetCost.WithLabelValues(budget).Add(float64(cost) / float64(billing.NanosPerUSD))
+	}
+}
+
+func (m *Metrics) budgetUsed(budget string, b billing.Budget) {
+	if m != nil && b.Limit > 0 {
+		m.budgetUse.WithLabelValues(budget).Set(float64(b.Spent+b.Reserved) / float64(b.Limit))
 	}
 }
 

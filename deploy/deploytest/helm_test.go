@@ -6,8 +6,13 @@
 package deploytest
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,6 +191,9 @@ var matrix = []struct {
 		"NetworkPolicy NetworkPolicy NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
 	{"gateway, budgets", "testdata/budgets-values.yaml", nil,
 		"NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
+	{"gateway, identities from service-account tokens", "", []string{"identityMode=jwt", "jwt.issuer=https://kubernetes.default.svc",
+		"jwt.audiences={aifirewall}", "jwt.jwksConfigMap=cluster-jwks", "jwt.groupsClaim=kubernetes.io.namespace"},
+		"NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
 	{"sidecar", "", []string{"mode=sidecar"}, ""},
 	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},
 	{"sidecar, providers file, example", "testdata/providers-values.yaml", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "ConfigMap Deployment"},
@@ -369,6 +377,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{append([]string{"mode=extproc", "extproc.authenticatedByMesh=true", "istio.egressGateway.enabled=true"}, base...),
 			"istio: the mesh objects are rendered from the providers file"},
 		{append([]string{"workloadEgress.namespaces={Apps}"}, base...), `at '/workloadEgress/namespaces/0'`},
+		{append([]string{"identityMode=jwt"}, base...), "identityMode: jwt needs jwt.issuer"},
+		{append([]string{"identityMode=jwt", "mode=extproc", "extproc.authenticatedByMesh=true"}, base...), "identityMode: jwt is verified by the chart's own Envoy"},
 		{append([]string{"workloadEgress.namespaces={default}"}, base...), "workloadEgress.namespaces: default is this release's namespace"},
 		{append([]string{"mode=sidecar", "workloadEgress.namespaces={apps}"}, base...), "workloadEgress: with the firewall beside each workload"},
 	} {
@@ -448,6 +458,10 @@ func TestChartEnvoyConfigValidates(t *testing.T) {
 				if _, fromSecret := v.(map[string]any); fromSecret {
 					s = "sk-test-" + k
 				}
+				if k == "JWT_JWKS_FILE" { // the ConfigMap the operator makes
+					s = filepath.Join(dir, "jwks.json")
+					os.WriteFile(s, []byte(testJWKS(t)), 0o600)
+				}
 				if k == "PROVIDERS_FILE" {
 					cm := find(t, docs, "ConfigMap")
 					s = filepath.Join(dir, "providers.yaml")
@@ -515,4 +529,17 @@ func TestSidecarSnippetMatchesTheChart(t *testing.T) {
 	if string(g) != string(w) {
 		t.Fatalf("%s differs from the chart; regenerate it with -update", path)
 	}
+}
+
+// testJWKS is a JWKS of a fresh RSA key.
+func testJWKS(t *testing.T) string {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.RawURLEncoding.EncodeToString
+	b, _ := json.Marshal(map[string]any{"keys": []any{map[string]any{"kty": "RSA", "kid": "k", "alg": "RS256",
+		"n": b64(k.N.Bytes()), "e": b64(big.NewInt(int64(k.E)).Bytes())}}})
+	return string(b)
 }

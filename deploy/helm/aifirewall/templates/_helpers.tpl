@@ -28,6 +28,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not .Values.redis.url -}}
 {{- fail "redis.url: the budgets live in Redis; give its URL (redis://, rediss://, redis+sentinel://, redis+cluster://)" -}}
 {{- end -}}
+{{- if eq .Values.identityMode "jwt" -}}
+{{- if eq .Values.mode "extproc" -}}
+{{- fail "identityMode: jwt is verified by the chart's own Envoy (gateway or sidecar mode); in front of extproc, give your gateway a jwt_authn filter forwarding its metadata (README, Identities)" -}}
+{{- end -}}
+{{- if or (not .Values.jwt.issuer) (not .Values.jwt.audiences) (not .Values.jwt.jwksConfigMap) -}}
+{{- fail "identityMode: jwt needs jwt.issuer, jwt.audiences and jwt.jwksConfigMap (a ConfigMap with jwks.json, your identity provider's keys)" -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.identityMode "mesh") (ne .Values.mode "extproc") -}}
 {{- fail "identityMode: mesh needs the calling workloads' client certificates, and the chart's Envoy serves plain HTTP without verifying any; run mode=extproc behind the Istio egress gateway (deploy/istio), or use identityMode shared or keys" -}}
 {{- end -}}
@@ -80,6 +88,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.maxRequestBodyBytes | int64 | quote }}
 - name: EXTPROC_ADDR
   value: unix:/run/aifirewall/extproc.sock
+{{- include "aifirewall.jwtEnv" . }}
+{{- end -}}
+
+{{/* IDENTITY_MODE=jwt: what the chart's Envoy verifies and the claims the sidecar reads. */}}
+{{- define "aifirewall.jwtEnv" -}}
+{{- if eq .Values.identityMode "jwt" }}
+- name: JWT_ISSUER
+  value: {{ .Values.jwt.issuer | quote }}
+- name: JWT_AUDIENCES
+  value: {{ join "," .Values.jwt.audiences | quote }}
+- name: JWT_JWKS_FILE
+  value: /etc/aifirewall-jwks/jwks.json
+- name: JWT_USER_CLAIM
+  value: {{ .Values.jwt.userClaim | quote }}
+- name: JWT_GROUPS_CLAIM
+  value: {{ .Values.jwt.groupsClaim | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "aifirewall.secretEnv" -}}
@@ -106,6 +131,10 @@ envoyConfig:
   env:
     - name: ENV_FILE
       value: /nonexistent
+    {{- if eq $v.identityMode "jwt" }}
+    - name: IDENTITY_MODE
+      value: jwt
+    {{- end }}
     - name: ENVOY_LISTEN_ADDR
       value: {{ $listen | quote }}
     - name: ENVOY_ADMIN_ADDR
@@ -187,6 +216,10 @@ aifirewall:
       value: {{ $v.identityMode | quote }}
     - name: TRUST_XFCC
       value: {{ $v.trustXFCC | quote }}
+    {{- with $v.meshGroups }}
+    - name: MESH_GROUPS
+      value: {{ join "," . | quote }}
+    {{- end }}
     - name: DAILY_BUDGET_LIMIT
       value: {{ $v.dailyBudgetLimit | quote }}
     - name: BUDGET_TIMEZONE
@@ -296,6 +329,10 @@ envoy:
     - {name: run, mountPath: /run/aifirewall}
     - {name: tmp, mountPath: /tmp}
     - {name: provider-keys, mountPath: {{ $v.secret.mountPath }}, readOnly: true}
+    {{- if eq $v.identityMode "jwt" }}
+    # The identity provider's keys, read by Envoy's jwt_authn at start.
+    - {name: jwks, mountPath: /etc/aifirewall-jwks, readOnly: true}
+    {{- end }}
 {{- end -}}
 
 {{- define "aifirewall.containerSecurity" -}}
@@ -345,6 +382,10 @@ envoy:
 {{- if .Values.budgets }}
 - name: budgets
   configMap: {name: {{ include "aifirewall.fullname" . }}-budgets}
+{{- end }}
+{{- if eq .Values.identityMode "jwt" }}
+- name: jwks
+  configMap: {name: {{ .Values.jwt.jwksConfigMap }}}
 {{- end }}
 {{- end -}}
 
