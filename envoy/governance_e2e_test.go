@@ -36,12 +36,12 @@ func teamKeys(t *testing.T) string {
 
 // governance starts a stack whose callers are teamKeys' and whose budgets
 // are the file's.
-func governance(t *testing.T, budgets string) (*testenv.Stack, string) {
+func governance(t *testing.T, budgets string, env ...string) (*testenv.Stack, string) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "budgets.yaml")
 	os.WriteFile(file, []byte(budgets), 0o600)
 	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001",
-		Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + teamKeys(t), "BUDGETS_FILE=" + file}})
+		Env: append([]string{"IDENTITY_MODE=keys", "KEYS_FILE=" + teamKeys(t), "BUDGETS_FILE=" + file}, env...)})
 	return s, file
 }
 
@@ -136,10 +136,16 @@ func TestTeamBudgetThroughEnvoy(t *testing.T) {
 // budget: the spend billed to it stays within its limit plus one
 // request's reservation, and equals what the answered streams cost.
 func TestConcurrentStreamsWithinTeamBudget(t *testing.T) {
+	t.Run("redis", func(t *testing.T) { concurrentTeamStreams(t) })
+	// Every budget's counter is one hash slot: the same bound on a Cluster.
+	t.Run("redis cluster", func(t *testing.T) { concurrentTeamStreams(t, "REDIS_URL="+testinfra.StartRedisCluster(t)) })
+}
+
+func concurrentTeamStreams(t *testing.T, env ...string) {
 	const limit = 300_000 // $0.0003: some twenty requests' worth
 	s, _ := governance(t, `budgets:
   - {name: payments-month, groups: [payments], window: month, limit_usd: "0.0003"}
-`)
+`, env...)
 	var mu sync.Mutex
 	codes := map[int]int{}
 	var wg sync.WaitGroup
@@ -271,5 +277,23 @@ func TestBudgetsThroughTheCLIApplyEverywhere(t *testing.T) {
 			t.Fatal("the deleted budget still applies on the other sidecar")
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// A budget scoped to one model refuses that model only.
+func TestModelBudgetRefusesItsModelOnly(t *testing.T) {
+	s, _ := governance(t, `budgets:
+  - {name: mini-day, models: ["gpt-4o-mini*"], window: day, per: user, limit_usd: "0.00001"}
+`)
+	for i, want := range []int{200, 200, 402} {
+		resp := post(t, s, "/v1/chat/completions", "carol-key", cappedBody, nil)
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want || want == 402 && !strings.Contains(string(body), "mini-day") {
+			t.Fatalf("gpt-4o-mini request %d: %d %s, want %d", i+1, resp.StatusCode, body, want)
+		}
+	}
+	other := strings.Replace(cappedBody, `"gpt-4o-mini"`, `"gpt-4o"`, 1)
+	if resp := post(t, s, "/v1/chat/completions", "carol-key", other, nil); resp.StatusCode != 200 {
+		t.Fatalf("gpt-4o, outside the budget's scope: %d", resp.StatusCode)
 	}
 }
