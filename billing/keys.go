@@ -2,6 +2,7 @@ package billing
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -10,8 +11,9 @@ import (
 // APIKey is a per-user key added through the operator API, stored by the
 // SHA-256 of the key (hex), never the key itself.
 type APIKey struct {
-	User  string
-	Limit Nanos // 0: the default limit
+	User   string
+	Limit  Nanos    // 0: the default limit
+	Groups []string // teams, for the budgets naming them
 }
 
 // KeyStore keeps keys added and revoked at run time, shared by every
@@ -32,9 +34,30 @@ const (
 
 func usersKey(day string) string { return "users:" + day }
 
-func encodeKey(k APIKey) string { return fmt.Sprintf("%d\t%s", int64(k.Limit), k.User) }
+// encodeKey writes a key's record: "limit<TAB>user" as before, or, with
+// groups, JSON (which a record of the old form never starts with).
+func encodeKey(k APIKey) string {
+	if len(k.Groups) == 0 {
+		return fmt.Sprintf("%d\t%s", int64(k.Limit), k.User)
+	}
+	b, _ := json.Marshal(keyRecord{User: k.User, Limit: int64(k.Limit), Groups: k.Groups})
+	return string(b)
+}
+
+type keyRecord struct {
+	User   string   `json:"user"`
+	Limit  int64    `json:"limit_nanos"`
+	Groups []string `json:"groups"`
+}
 
 func decodeKey(v string) (APIKey, bool) {
+	if strings.HasPrefix(v, "{") {
+		var r keyRecord
+		if json.Unmarshal([]byte(v), &r) != nil || r.User == "" {
+			return APIKey{}, false
+		}
+		return APIKey{User: r.User, Limit: Nanos(r.Limit), Groups: r.Groups}, true
+	}
 	limit, user, ok := strings.Cut(v, "\t")
 	n, err := strconv.ParseInt(limit, 10, 64)
 	if !ok || err != nil || user == "" {

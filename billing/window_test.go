@@ -51,3 +51,17 @@ func TestRollingWindowBuckets(t *testing.T) {
 		})
 	}
 }
+
+// A key's record keeps its groups, and records of the older form (no
+// groups) still read.
+func TestKeyRecords(t *testing.T) {
+	for _, k := range []APIKey{{User: "alice", Limit: 5}, {User: "bob\tx", Limit: 0, Groups: []string{"payments", "eng"}}} {
+		got, ok := decodeKey(encodeKey(k))
+		if !ok || got.User != k.User || got.Limit != k.Limit || len(got.Groups) != len(k.Groups) {
+			t.Fatalf("%+v came back as %+v (%v)", k, got, ok)
+		}
+	}
+	if got, ok := decodeKey("2500000000\tcarol"); !ok || got.User != "carol" || got.Limit != 2_500_000_000 {
+		t.Fatalf("an older record: %+v %v", got, ok)
+	}
+}

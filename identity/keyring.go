@@ -50,7 +50,7 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 	a, r := map[[32]byte]Caller{}, map[[32]byte]bool{}
 	for sha, key := range added {
 		if d, ok := digest(sha); ok {
-			a[d] = Caller{User: key.User, Limit: key.Limit}
+			a[d] = Caller{User: key.User, Limit: key.Limit, Groups: key.Groups}
 		}
 	}
 	for sha := range revoked {

@@ -23,7 +23,8 @@ const cliUsage = `usage: aifirewall admin [-addr host:port] COMMAND
   usage USER [DAY]          a user's limit, spend and reservations (DAY: YYYY-MM-DD, default today)
   users [DAY]               every user who spent on DAY
   set-limit USER USD        set USER's daily limit; USD 0 clears the override
-  add-key USER [USD]        create a per-user key (printed once) with an optional daily limit
+  add-key USER [USD] [-groups a,b]
+                            create a per-user key (printed once) with an optional daily limit and groups
   revoke-key SHA256         revoke a key by its SHA-256
   budgets                   every budget in force, with its current window's spend
   set-budget NAME WINDOW USD [-groups a,b] [-identities p,q] [-providers x] [-models 'claude-*']
@@ -79,7 +80,21 @@ func RunCLI(ctx context.Context, args []string, defaultAddr string, out io.Write
 		}
 		printUsage(out, r.GetUsage())
 	case a[0] == "add-key" && len(a) >= 2:
-		r, err := c.AddKey(ctx, &operatorv1.AddKeyRequest{User: a[1], DailyLimitUsd: arg(2)})
+		req := &operatorv1.AddKeyRequest{User: a[1]}
+		rest := a[2:]
+		if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+			req.DailyLimitUsd, rest = rest[0], rest[1:]
+		}
+		kf := flag.NewFlagSet("add-key", flag.ContinueOnError)
+		kf.SetOutput(io.Discard)
+		groups := kf.String("groups", "", "")
+		if err := kf.Parse(rest); err != nil || kf.NArg() > 0 {
+			return errors.New(cliUsage)
+		}
+		if *groups != "" {
+			req.Groups = strings.Split(*groups, ",")
+		}
+		r, err := c.AddKey(ctx, req)
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -183,7 +184,12 @@ func (s *Server) AddKey(ctx context.Context, req *operatorv1.AddKeyRequest) (*op
 	}
 	key := "aifw-" + base64.RawURLEncoding.EncodeToString(raw)
 	sha := identity.HashKey(key)
-	if err := s.Keys.AddKey(ctx, sha, billing.APIKey{User: req.GetUser(), Limit: limit}); err != nil {
+	for _, g := range req.GetGroups() {
+		if g == "" || len(g) > 128 || strings.ContainsFunc(g, unicode.IsControl) {
+			return nil, status.Errorf(codes.InvalidArgument, "group %q: give a name of 1 to 128 printable characters", g)
+		}
+	}
+	if err := s.Keys.AddKey(ctx, sha, billing.APIKey{User: req.GetUser(), Limit: limit, Groups: req.GetGroups()}); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "budget store: %v", err)
 	}
 	s.Log.Info("operator added a key", "user", req.GetUser(), "sha256", sha)

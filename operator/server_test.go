@@ -81,13 +81,16 @@ func TestUsageLimitsAndKeys(t *testing.T) {
 	if err != nil || set.GetUsage().GetLimitNanos() != 12_500_000_000 || !set.GetUsage().GetLimitOverridden() {
 		t.Fatalf("set-limit = %v, %v", set, err)
 	}
-	key, err := c.AddKey(ctx, &operatorv1.AddKeyRequest{User: "bob", DailyLimitUsd: "1"})
+	key, err := c.AddKey(ctx, &operatorv1.AddKeyRequest{User: "bob", DailyLimitUsd: "1", Groups: []string{"payments"}})
 	if err != nil || key.GetSha256() != identity.HashKey(key.GetKey()) {
 		t.Fatalf("add-key = %v, %v", key, err)
 	}
 	added, _, _ := store.Keys(ctx)
-	if added[key.GetSha256()] != (billing.APIKey{User: "bob", Limit: billing.NanosPerUSD}) {
+	if k := added[key.GetSha256()]; k.User != "bob" || k.Limit != billing.NanosPerUSD || len(k.Groups) != 1 || k.Groups[0] != "payments" {
 		t.Fatalf("stored key = %+v", added)
+	}
+	if _, err := c.AddKey(ctx, &operatorv1.AddKeyRequest{User: "bob", Groups: []string{"bad\x00group"}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a group with a control character: %v", err)
 	}
 	if _, err := c.RevokeKey(ctx, &operatorv1.RevokeKeyRequest{Sha256: key.GetSha256()}); err != nil {
 		t.Fatal(err)

@@ -850,6 +850,8 @@ type AddKeyRequest struct {
 	User  string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
 	// Optional per-key daily limit in dollars.
 	DailyLimitUsd string `protobuf:"bytes,2,opt,name=daily_limit_usd,json=dailyLimitUsd,proto3" json:"daily_limit_usd,omitempty"`
+	// Optional groups (teams) of the key's owner, for the budgets naming them.
+	Groups        []string `protobuf:"bytes,3,rep,name=groups,proto3" json:"groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -896,6 +898,13 @@ func (x *AddKeyRequest) GetDailyLimitUsd() string {
 		return x.DailyLimitUsd
 	}
 	return ""
+}
+
+func (x *AddKeyRequest) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
 }
 
 type AddKeyResponse struct {
@@ -1107,10 +1116,11 @@ const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12&\n" +
 	"\x0fdaily_limit_usd\x18\x02 \x01(\tR\rdailyLimitUsd\"G\n" +
 	"\x10SetLimitResponse\x123\n" +
-	"\x05usage\x18\x01 \x01(\v2\x1d.aifirewall.operator.v1.UsageR\x05usage\"K\n" +
+	"\x05usage\x18\x01 \x01(\v2\x1d.aifirewall.operator.v1.UsageR\x05usage\"c\n" +
 	"\rAddKeyRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12&\n" +
-	"\x0fdaily_limit_usd\x18\x02 \x01(\tR\rdailyLimitUsd\"T\n" +
+	"\x0fdaily_limit_usd\x18\x02 \x01(\tR\rdailyLimitUsd\x12\x16\n" +
+	"\x06groups\x18\x03 \x03(\tR\x06groups\"T\n" +
 	"\x0eAddKeyResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x18\n" +
