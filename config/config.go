@@ -95,6 +95,7 @@ type Config struct {
 	JWTIssuer      string   `env:"JWT_ISSUER"`
 	JWTAudiences   []string `env:"JWT_AUDIENCES" envSeparator:","`
 	JWTJWKSFile    string   `env:"JWT_JWKS_FILE"`
+	JWTJWKSURL     string   `env:"JWT_JWKS_URL"`
 	JWTUserClaim   string   `env:"JWT_USER_CLAIM" envDefault:"sub"`
 	JWTGroupsClaim string   `env:"JWT_GROUPS_CLAIM" envDefault:"groups"`
 	// The operator API (gRPC), served only when ADMIN_TOKEN is set.

@@ -133,6 +133,13 @@ func Bootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 		FilterChains:                  []*listenerv3.FilterChain{chain},
 	}}
 	clusters = append(clusters, epCluster)
+	if o.JWT.JWKSURL != "" {
+		c, err := jwksUpstream(o)
+		if err != nil {
+			return nil, err
+		}
+		clusters = append(clusters, c)
+	}
 	if o.HealthAddr != "" {
 		lis, c, err := healthListener(o)
 		if err != nil {

@@ -5,13 +5,17 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"io"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +23,7 @@ import (
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/internal/fakellm"
 	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 var b64 = base64.RawURLEncoding.EncodeToString
@@ -66,7 +71,7 @@ func TestJWTIdentities(t *testing.T) {
 	os.WriteFile(budgetsFile, []byte("budgets:\n  - {name: payments-month, groups: [payments], window: month, limit_usd: \"10\"}\n"), 0o600)
 	up := &fakellm.Server{}
 	s := testenv.StartStack(t, testenv.StackOptions{Upstream: up,
-		Env: []string{"IDENTITY_MODE=jwt", "JWT_GROUPS_CLAIM=groups", "BUDGETS_FILE=" + budgetsFile},
+		Env:   []string{"IDENTITY_MODE=jwt", "JWT_GROUPS_CLAIM=groups", "BUDGETS_FILE=" + budgetsFile},
 		Envoy: envoy.Options{JWT: envoy.JWT{Issuer: "https://idp.test", Audiences: []string{"aifirewall"}, JWKSFile: jwksFile(t, idp, "k1")}}})
 
 	now := time.Now().Unix()
@@ -124,4 +129,47 @@ func TestJWTIdentities(t *testing.T) {
 	if resp.StatusCode != 403 {
 		t.Fatalf("x-user-id naming another with a valid token: %d, want 403", resp.StatusCode)
 	}
+}
+
+// The identity provider's keys fetched from its JWKS URL (https, its
+// certificate checked), as Envoy does for a real IdP: here a local TLS
+// server, which Envoy asks once at start.
+func TestJWTRemoteJWKS(t *testing.T) {
+	idp, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, _ := os.ReadFile(jwksFile(t, idp, "k1"))
+	var fetched atomic.Int32
+	pki := testinfra.NewPKIFor(t, "", "localhost")
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetched.Add(1)
+		w.Header().Set("content-type", "application/json")
+		w.Write(jwks)
+	}))
+	cert, err := tls.LoadX509KeyPair(pki.CertFile, pki.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	jwksURL := "https://localhost:" + srv.URL[strings.LastIndex(srv.URL, ":")+1:] + "/.well-known/jwks.json"
+	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{"IDENTITY_MODE=jwt"},
+		Envoy: envoy.Options{CACertFile: pki.CAFile, JWT: envoy.JWT{Issuer: "https://idp.test", Audiences: []string{"aifirewall"}, JWKSURL: jwksURL}}})
+	now := time.Now().Unix()
+	token := signJWT(t, idp, map[string]any{"alg": "RS256", "typ": "JWT", "kid": "k1"},
+		map[string]any{"iss": "https://idp.test", "aud": "aifirewall", "sub": "dana", "iat": now, "exp": now + 600})
+	var status int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		resp := post(t, s, "/v1/chat/completions", token, cappedBody, nil)
+		io.Copy(io.Discard, resp.Body)
+		if status = resp.StatusCode; status == 200 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if status != 200 || fetched.Load() == 0 {
+		t.Fatalf("a token of the remote JWKS's key: %d after %d fetches", status, fetched.Load())
+	}
+	s.WaitSpent(t, billing.BudgetKey("dana", billing.Day(time.Now(), time.UTC)), reqCost)
 }

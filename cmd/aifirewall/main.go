@@ -119,10 +119,10 @@ func envoyConfig(cfg *config.Config, args []string) error {
 	}
 	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = cfg.EnvoyTLSCert, cfg.EnvoyTLSKey, cfg.EnvoyClientCA
 	if cfg.IdentityMode == "jwt" {
-		if cfg.JWTIssuer == "" || cfg.JWTJWKSFile == "" || len(cfg.JWTAudiences) == 0 {
-			return errors.New("IDENTITY_MODE=jwt: set JWT_ISSUER, JWT_AUDIENCES and JWT_JWKS_FILE for Envoy to verify tokens")
+		if cfg.JWTIssuer == "" || (cfg.JWTJWKSFile == "") == (cfg.JWTJWKSURL == "") || len(cfg.JWTAudiences) == 0 {
+			return errors.New("IDENTITY_MODE=jwt: set JWT_ISSUER, JWT_AUDIENCES and one of JWT_JWKS_FILE or JWT_JWKS_URL for Envoy to verify tokens")
 		}
-		o.JWT = envoy.JWT{Issuer: cfg.JWTIssuer, Audiences: cfg.JWTAudiences, JWKSFile: cfg.JWTJWKSFile}
+		o.JWT = envoy.JWT{Issuer: cfg.JWTIssuer, Audiences: cfg.JWTAudiences, JWKSFile: cfg.JWTJWKSFile, JWKSURL: cfg.JWTJWKSURL}
 	}
 	o.ExtProcTLS.CertFile, o.ExtProcTLS.KeyFile = cfg.EnvoyExtProcCert, cfg.EnvoyExtProcKey
 	o.ExtProcTLS.CAFile, o.ExtProcTLS.ServerName = cfg.EnvoyExtProcCA, cfg.EnvoyExtProcServer
