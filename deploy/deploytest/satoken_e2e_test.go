@@ -44,7 +44,7 @@ func TestServiceAccountTokenIdentities(t *testing.T) {
 	os.WriteFile(jwksFile, []byte(jwks), 0o600)
 	os.WriteFile(budgetsFile, []byte("budgets:\n  - {name: apps-month, groups: [apps], window: month, limit_usd: \"10\"}\n"), 0o600)
 	stack := testenv.StartStack(t, testenv.StackOptions{
-		Env: []string{"IDENTITY_MODE=jwt", "JWT_GROUPS_CLAIM=kubernetes.io.namespace", "BUDGETS_FILE=" + budgetsFile},
+		Env:   []string{"IDENTITY_MODE=jwt", "JWT_GROUPS_CLAIM=kubernetes.io.namespace", "BUDGETS_FILE=" + budgetsFile},
 		Envoy: envoy.Options{JWT: envoy.JWT{Issuer: oidc.Issuer, Audiences: []string{"aifirewall"}, JWKSFile: jwksFile}}})
 
 	call := func(token string) (int, string) {
