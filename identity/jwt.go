@@ -3,6 +3,8 @@ package identity
 import (
 	"errors"
 	"fmt"
+	"strings"
+	"unicode"
 )
 
 // JWT identifies callers by a token their identity provider signed, as
@@ -25,7 +27,10 @@ func (j JWT) Authenticate(r Request) (Caller, error) {
 		return Caller{}, errors.New("no bearer token was sent: this gateway takes a token from your identity provider (Authorization: Bearer <JWT>)")
 	}
 	user, _ := claim(r.JWTPayload, j.UserClaim).(string)
-	if user == "" || len(user) > 256 {
+	// Braces would break the budget store's hash tags; "budget=" names
+	// budgets' counters.
+	if user == "" || len(user) > 256 || strings.ContainsAny(user, "{}") || strings.ContainsFunc(user, unicode.IsControl) ||
+		strings.HasPrefix(user, "budget=") {
 		return Caller{}, fmt.Errorf("the token has no usable %q claim to name you by; ask your gateway operator", j.UserClaim)
 	}
 	c := Caller{User: user}

@@ -21,8 +21,10 @@ func TestJWTClaims(t *testing.T) {
 	if _, err := (JWT{UserClaim: "email"}).Authenticate(Request{JWTPayload: map[string]any{"sub": "x"}}); err == nil {
 		t.Fatal("a token without the user claim was taken")
 	}
-	if _, err := (JWT{UserClaim: "sub"}).Authenticate(Request{JWTPayload: map[string]any{"sub": 42}}); err == nil {
-		t.Fatal("a numeric user claim was taken")
+	for _, sub := range []any{42, "a}b", "budget=team", "x\ny"} {
+		if _, err := (JWT{UserClaim: "sub"}).Authenticate(Request{JWTPayload: map[string]any{"sub": sub}}); err == nil {
+			t.Fatalf("user claim %q was taken", sub)
+		}
 	}
 	// Headers never name the caller in this mode.
 	_, err = JWT{UserClaim: "sub"}.Authenticate(Request{Authorization: []string{"Bearer eyJ.forged.token"}, XFCC: []string{"URI=spiffe://x"}})
