@@ -137,8 +137,10 @@ func TestTeamBudgetThroughEnvoy(t *testing.T) {
 // request's reservation, and equals what the answered streams cost.
 func TestConcurrentStreamsWithinTeamBudget(t *testing.T) {
 	t.Run("redis", func(t *testing.T) { concurrentTeamStreams(t) })
-	// Every budget's counter is one hash slot: the same bound on a Cluster.
+	// Every budget's counter is one hash slot: the same bound on a Cluster,
+	// and through Sentinel.
 	t.Run("redis cluster", func(t *testing.T) { concurrentTeamStreams(t, "REDIS_URL="+testinfra.StartRedisCluster(t)) })
+	t.Run("redis sentinel", func(t *testing.T) { concurrentTeamStreams(t, "REDIS_URL="+testinfra.StartSentinel(t, 5*time.Second).URL) })
 }
 
 func concurrentTeamStreams(t *testing.T, env ...string) {
