@@ -140,7 +140,9 @@ func TestConcurrentStreamsWithinTeamBudget(t *testing.T) {
 	// Every budget's counter is one hash slot: the same bound on a Cluster,
 	// and through Sentinel.
 	t.Run("redis cluster", func(t *testing.T) { concurrentTeamStreams(t, "REDIS_URL="+testinfra.StartRedisCluster(t)) })
-	t.Run("redis sentinel", func(t *testing.T) { concurrentTeamStreams(t, "REDIS_URL="+testinfra.StartSentinel(t, 5*time.Second).URL) })
+	t.Run("redis sentinel", func(t *testing.T) {
+		concurrentTeamStreams(t, "REDIS_URL="+testinfra.StartSentinel(t, 5*time.Second).URL)
+	})
 }
 
 func concurrentTeamStreams(t *testing.T, env ...string) {
