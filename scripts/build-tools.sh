@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned deployment tools into .tools/bin, each only when it is
-# missing: helm, etcd, egctl, envoy-gateway, istioctl, pilot-discovery,
+# missing: helm, etcd, egctl, envoy-gateway, istioctl, pilot-discovery, promtool,
 # pilot-agent, CoreDNS and Kubernetes
 # (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kube-proxy), from the modules under deploy/tools (versions in their
@@ -51,3 +51,5 @@ for c in kube-controller-manager kube-scheduler kubelet kube-proxy; do
   build "$c" kube "k8s.io/kubernetes/cmd/$c" "$kubever"
 done
 build coredns coredns github.com/aifirewall/aifirewall/deploy/tools/coredns
+# The chart's alert rules are checked and unit-tested with promtool.
+build promtool promtool github.com/prometheus/prometheus/cmd/promtool
