@@ -79,8 +79,12 @@ type Config struct {
 	ReservationTTL   time.Duration `env:"RESERVATION_TTL" envDefault:"15m"`
 	// FAIL_MODE: "closed" refuses requests (503) while the budget store is
 	// unreachable; "open" forwards them unchecked and bills them later.
-	FailMode      string `env:"FAIL_MODE" envDefault:"closed"`
-	SpoolFile     string `env:"SPOOL_FILE" envDefault:"spool/settlements.jsonl"`
+	FailMode  string `env:"FAIL_MODE" envDefault:"closed"`
+	SpoolFile string `env:"SPOOL_FILE" envDefault:"spool/settlements.jsonl"`
+	// LEDGER_URL: the durable record of every settled request
+	// (sqlite:///path/ledger.db); empty: none. Its spool sits beside
+	// SPOOL_FILE.
+	LedgerURL     string `env:"LEDGER_URL"`
 	SpoolMax      int    `env:"SPOOL_MAX" envDefault:"100000"`
 	DefaultOutput int64  `env:"DEFAULT_OUTPUT_TOKENS" envDefault:"1024"`
 	// Identity: "shared" (INTERNAL_API_KEY, user from x-user-id / body),

@@ -36,6 +36,7 @@ type request struct {
 	log *slog.Logger
 
 	id         string
+	started    time.Time
 	caller     identity.Caller
 	headerUser string
 	user       string
@@ -87,6 +88,7 @@ func (r *request) handle(ctx context.Context, msg *extprocv3.ProcessingRequest) 
 
 func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, attrs map[string]*structpb.Struct, md *corev3.Metadata) *extprocv3.ProcessingResponse {
 	hm := h.GetHeaders()
+	r.started = r.s.now()
 	r.id = headerValue(hm, "x-request-id")
 	if r.id == "" {
 		// Envoy generates one; without it a unique id still lets the
@@ -413,6 +415,7 @@ func (r *request) settle() {
 		"cost_nanos", int64(cost), "status", r.status, "complete", r.ended)
 	r.s.cfg.Settler.Settle(billing.Settlement{User: r.user, Day: r.day, RequestID: r.id, Amount: cost}, r.log)
 	r.settleCharges(cost)
+	r.record(u, cost)
 }
 
 // resolveUser names the budget holder: the caller's own identity when it

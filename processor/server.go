@@ -56,6 +56,8 @@ type Config struct {
 	// Budgets are the budgets file's, swapped whole when it changes; nil
 	// or empty: the default budget alone.
 	Budgets *atomic.Pointer[budgets.File]
+	// Ledger, when set, gets a record of each settled request.
+	Ledger Recorder
 }
 
 // Server implements Envoy's ExternalProcessor service.

@@ -4,7 +4,8 @@
 //	aifirewall                 serve (ext_proc gRPC on LISTEN_ADDR, admin HTTP on ADMIN_ADDR)
 //	aifirewall envoy-config    print the Envoy configuration for these settings
 //	aifirewall hash-key        print the SHA-256 of a key read from stdin, for KEYS_FILE
-//	aifirewall admin ...       the operator API's CLI (usage, users, set-limit, add-key, revoke-key)
+//	aifirewall admin ...       the operator API's CLI (usage, users, set-limit, add-key, revoke-key, budgets)
+//	aifirewall report ...      spend from the ledger, by user, group, provider, model or day
 package main
 
 import (
@@ -19,12 +20,14 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 	_ "time/tzdata" // BUDGET_TIMEZONE works in a minimal image with no zone files
 
 	"github.com/aifirewall/aifirewall/config"
 	"github.com/aifirewall/aifirewall/envoy"
 	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/internal/grpcbuf"
+	"github.com/aifirewall/aifirewall/ledger"
 	"github.com/aifirewall/aifirewall/operator"
 )
 
@@ -48,6 +51,9 @@ func run(args []string) error {
 			}
 		}
 		return operator.RunCLI(context.Background(), args[1:], addr, os.Stdout)
+	}
+	if len(args) > 0 && args[0] == "report" {
+		return ledger.RunReport(context.Background(), args[1:], os.Getenv("LEDGER_URL"), time.Now(), os.Stdout)
 	}
 	if len(args) > 0 && args[0] == "hash-key" {
 		// Reads the key from stdin so it never lands in shell history.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/internal/envoydrain"
 	"github.com/aifirewall/aifirewall/internal/mtls"
+	"github.com/aifirewall/aifirewall/ledger"
 	"github.com/aifirewall/aifirewall/operator"
 	"github.com/aifirewall/aifirewall/processor"
 )
@@ -71,6 +73,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if cfg.ProviderKeysInExtProc {
 		upstreamKey = cfg.UpstreamAPIKey
 	}
+	rec, stopLedger, err := startLedger(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopLedger()
 	defs, _ := store.(billing.BudgetDefStore)
 	budgetSrc, err := loadBudgets(ctx, cfg, defs, log)
 	if err != nil {
@@ -80,7 +87,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Auth: auth, Upstream: cfg.Provider, UpstreamKey: upstreamKey, Upstreams: ups, Policy: policy(cfg), SendKeys: cfg.ProviderKeysInExtProc,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
 		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
-		Settler: settler, FailOpen: cfg.FailMode == "open", Budgets: &budgetSrc.Current,
+		Settler: settler, FailOpen: cfg.FailMode == "open", Budgets: &budgetSrc.Current, Ledger: rec,
 	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer, cfg.MetricsPerUser))
 
 	// Renewal outlives ctx: streams still draining after SIGTERM keep
@@ -308,6 +315,28 @@ func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.Key
 		log.Info("identity: the shared key, and per-user keys beside it", "file", cfg.KeysFile)
 		return identity.SharedAndKeys{Shared: shared, Keys: ring}, nil
 	}
+}
+
+// startLedger opens LEDGER_URL, if set, and writes to it in the
+// background until stop, which writes (or spools) what is queued.
+func startLedger(ctx context.Context, cfg *config.Config, log *slog.Logger) (processor.Recorder, func(), error) {
+	if cfg.LedgerURL == "" {
+		return nil, func() {}, nil
+	}
+	store, err := ledger.Open(ctx, cfg.LedgerURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("LEDGER_URL: %w", err)
+	}
+	w, err := ledger.NewWriter(store, filepath.Join(filepath.Dir(cfg.SpoolFile), "ledger.jsonl"), log)
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	// Outlives ctx: streams draining after SIGTERM are recorded too.
+	wctx, cancel := context.WithCancel(context.Background())
+	go w.Run(wctx)
+	log.Info("ledger", "url", cfg.LedgerURL)
+	return w, func() { cancel(); w.Wait(); store.Close() }, nil
 }
 
 // loadBudgets reads BUDGETS_FILE, if set, and the budgets made through

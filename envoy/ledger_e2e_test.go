@@ -1,0 +1,70 @@
+package envoy_test
+
+import (
+	"encoding/csv"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/internal/testenv"
+)
+
+// Every settled request lands in the ledger once, written beside the
+// settlement path: `aifirewall report` over it gives each user and group
+// what Redis billed, in USD and nano-dollars.
+func TestLedgerRecordsAndReports(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "ledger.db")
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "1",
+		Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + teamKeys(t), "LEDGER_URL=sqlite://" + db}})
+	calls := map[string]int{"alice-key": 3, "bob-key": 2, "carol-key": 1}
+	for key, n := range calls {
+		for range n {
+			resp := post(t, s, "/v1/chat/completions", key, cappedBody, nil)
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != 200 {
+				t.Fatalf("%s: %d", key, resp.StatusCode)
+			}
+		}
+	}
+	day := billing.Day(time.Now(), time.UTC)
+	for user, n := range map[string]int{"alice": 3, "bob": 2, "carol": 1} {
+		s.WaitSpent(t, billing.BudgetKey(user, day), int64(n)*reqCost)
+	}
+	// report waits for the ledger's writer (a batch a second) to have
+	// written key's n requests.
+	report := func(by, key string, n int) map[string][]string {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			b, err := exec.Command(testenv.SidecarBinary(t), "report", "-ledger", "sqlite://"+db, "-by", by, "-csv").CombinedOutput()
+			if err != nil {
+				t.Fatalf("report: %v %s", err, b)
+			}
+			rows, err := csv.NewReader(strings.NewReader(string(b))).ReadAll()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := map[string][]string{}
+			for _, r := range rows[1:] {
+				out[r[0]] = r[1:]
+			}
+			if out[key] != nil && out[key][0] == strconv.Itoa(n) || time.Now().After(deadline) {
+				return out
+			}
+		}
+	}
+	users := report("user", "alice", 3)
+	for user, n := range map[string]int64{"alice": 3, "bob": 2, "carol": 1} {
+		got := users[user]
+		if got == nil || got[0] != strconv.FormatInt(n, 10) || got[4] != strconv.FormatInt(n*reqCost, 10) || got[3] != billing.Nanos(n*reqCost).Decimal() {
+			t.Errorf("%s in the report: %v, want %d requests costing %d", user, got, n, n*reqCost)
+		}
+	}
+	if got := report("group", "payments", 5)["payments"]; got == nil || got[0] != "5" || got[4] != strconv.FormatInt(5*reqCost, 10) {
+		t.Errorf("group payments: %v, want alice's and bob's 5 requests", got)
+	}
+}
