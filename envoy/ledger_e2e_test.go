@@ -2,6 +2,7 @@ package envoy_test
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"io"
 	"os/exec"
 	"path/filepath"
@@ -66,5 +67,20 @@ func TestLedgerRecordsAndReports(t *testing.T) {
 	}
 	if got := report("group", "payments", 5)["payments"]; got == nil || got[0] != "5" || got[4] != strconv.FormatInt(5*reqCost, 10) {
 		t.Errorf("group payments: %v, want alice's and bob's 5 requests", got)
+	}
+
+	// A caller's own history, with their own key, through the gateway.
+	resp := send(t, s, "GET", "/v1/budget/history", "bob-key", nil, nil)
+	var h struct {
+		User string
+		Days []struct {
+			Day       string `json:"day"`
+			Requests  int64  `json:"requests"`
+			CostNanos int64  `json:"cost_nanos"`
+		}
+	}
+	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&h) != nil || h.User != "bob" || len(h.Days) != 1 ||
+		h.Days[0].Day != day || h.Days[0].Requests != 2 || h.Days[0].CostNanos != 2*reqCost {
+		t.Fatalf("bob's history: %d %+v", resp.StatusCode, h)
 	}
 }

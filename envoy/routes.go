@@ -95,7 +95,12 @@ func routeConfig(ups []providers.Provider) (*routev3.RouteConfiguration, error) 
 			return nil, err
 		}
 		budget.Match = &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/v1/budget"}}
-		routes = append(routes, budget, notServed(ups, off))
+		history, err := forward(ups[0], "", "")
+		if err != nil {
+			return nil, err
+		}
+		history.Match = &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: "/v1/budget/history"}}
+		routes = append(routes, budget, history, notServed(ups, off))
 	}
 	vhosts = append(vhosts, &routev3.VirtualHost{Name: "llm", Domains: []string{"*"}, Routes: routes})
 	return &routev3.RouteConfiguration{Name: "llm", VirtualHosts: vhosts}, nil

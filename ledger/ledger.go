@@ -48,6 +48,7 @@ type Store interface {
 type Query struct {
 	Since, Until time.Time
 	By           string // user, group, provider, model, day
+	User         string // only this identity's records, when set
 }
 
 // Row is one group of a report.

@@ -53,6 +53,10 @@ func TestSQLiteAppendIsIdempotentAndReports(t *testing.T) {
 	if got, _ := s.Report(ctx, q); fmt.Sprint(got) != "[{alice 1 10 5 100} {bob 1 10 5 30}]" {
 		t.Errorf("a day's window: %v", got)
 	}
+	q = Query{Since: day.Add(-time.Hour), Until: day.Add(48 * time.Hour), By: "day", User: "alice"}
+	if got, _ := s.Report(ctx, q); fmt.Sprint(got) != "[{2026-12-01 1 10 5 100} {2026-12-02 1 10 5 7}]" {
+		t.Errorf("alice's days: %v", got)
+	}
 	if _, err := s.Report(ctx, Query{By: "color"}); err == nil {
 		t.Error("an unknown grouping was taken")
 	}

@@ -94,8 +94,16 @@ func (s *SQLite) Report(ctx context.Context, q Query) ([]Row, error) {
 	default:
 		return nil, fmt.Errorf("report by %q: want one of %v", q.By, Groupings)
 	}
+	where, args := "time_ms >= ? AND time_ms < ?", []any{q.Since.UnixMilli(), q.Until.UnixMilli()}
+	if q.User != "" {
+		where, args = where+" AND user = ?", append(args, q.User)
+	}
+	order := "5 DESC, 1"
+	if q.By == "day" {
+		order = "1"
+	}
 	rows, err := s.db.QueryContext(ctx, `SELECT `+key+`, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanos)
-FROM `+from+` WHERE time_ms >= ? AND time_ms < ? GROUP BY 1 ORDER BY 5 DESC, 1`, q.Since.UnixMilli(), q.Until.UnixMilli())
+FROM `+from+` WHERE `+where+` GROUP BY 1 ORDER BY `+order, args...)
 	if err != nil {
 		return nil, fmt.Errorf("ledger report: %w", err)
 	}

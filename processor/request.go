@@ -113,9 +113,10 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 	r.up = up
 	r.log = r.log.With("provider", up.Name)
 	ownBudget := method == "GET" && cleanPath(path) == budgetPath
+	ownHistory := method == "GET" && cleanPath(path) == historyPath
 
 	route, ok := up.Kind.Route(method, path)
-	if !ok && !ownBudget {
+	if !ok && !ownBudget && !ownHistory {
 		return r.deny(decisionNotFound, &apiError{status: 404, Type: "invalid_request_error", Code: "unknown_url",
 			Message: fmt.Sprintf("%s %s is not served by this gateway; supported: %s", method, cleanPath(path), provider.Paths)})
 	}
@@ -136,6 +137,9 @@ func (r *request) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, 
 	r.headerUser = headerValue(hm, "x-user-id")
 	if ownBudget {
 		return r.budgetReply(ctx)
+	}
+	if ownHistory {
+		return r.historyReply(ctx)
 	}
 	if ct := headerValue(hm, "content-type"); route.Endpoint != nil && !isJSON(ct) {
 		return r.deny(decisionBadRequest, &apiError{status: 415, Type: "invalid_request_error", Code: "unsupported_media_type",

@@ -56,8 +56,10 @@ type Config struct {
 	// Budgets are the budgets file's, swapped whole when it changes; nil
 	// or empty: the default budget alone.
 	Budgets *atomic.Pointer[budgets.File]
-	// Ledger, when set, gets a record of each settled request.
-	Ledger Recorder
+	// Ledger, when set, gets a record of each settled request; History
+	// reads it for callers' own spend history.
+	Ledger  Recorder
+	History Reporter
 }
 
 // Server implements Envoy's ExternalProcessor service.

@@ -73,7 +73,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if cfg.ProviderKeysInExtProc {
 		upstreamKey = cfg.UpstreamAPIKey
 	}
-	rec, stopLedger, err := startLedger(ctx, cfg, log)
+	rec, history, stopLedger, err := startLedger(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Auth: auth, Upstream: cfg.Provider, UpstreamKey: upstreamKey, Upstreams: ups, Policy: policy(cfg), SendKeys: cfg.ProviderKeysInExtProc,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
 		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
-		Settler: settler, FailOpen: cfg.FailMode == "open", Budgets: &budgetSrc.Current, Ledger: rec,
+		Settler: settler, FailOpen: cfg.FailMode == "open", Budgets: &budgetSrc.Current, Ledger: rec, History: history,
 	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer, cfg.MetricsPerUser))
 
 	// Renewal outlives ctx: streams still draining after SIGTERM keep
@@ -319,24 +319,24 @@ func authenticator(ctx context.Context, cfg *config.Config, keyStore billing.Key
 
 // startLedger opens LEDGER_URL, if set, and writes to it in the
 // background until stop, which writes (or spools) what is queued.
-func startLedger(ctx context.Context, cfg *config.Config, log *slog.Logger) (processor.Recorder, func(), error) {
+func startLedger(ctx context.Context, cfg *config.Config, log *slog.Logger) (processor.Recorder, processor.Reporter, func(), error) {
 	if cfg.LedgerURL == "" {
-		return nil, func() {}, nil
+		return nil, nil, func() {}, nil
 	}
 	store, err := ledger.Open(ctx, cfg.LedgerURL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("LEDGER_URL: %w", err)
+		return nil, nil, nil, fmt.Errorf("LEDGER_URL: %w", err)
 	}
 	w, err := ledger.NewWriter(store, filepath.Join(filepath.Dir(cfg.SpoolFile), "ledger.jsonl"), log)
 	if err != nil {
 		store.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	// Outlives ctx: streams draining after SIGTERM are recorded too.
 	wctx, cancel := context.WithCancel(context.Background())
 	go w.Run(wctx)
 	log.Info("ledger", "url", cfg.LedgerURL)
-	return w, func() { cancel(); w.Wait(); store.Close() }, nil
+	return w, store, func() { cancel(); w.Wait(); store.Close() }, nil
 }
 
 // loadBudgets reads BUDGETS_FILE, if set, and the budgets made through
