@@ -58,12 +58,30 @@ type BudgetStanding struct {
 	Standing
 }
 
-func (r *request) budgetReply(ctx context.Context) *extprocv3.ProcessingResponse {
+// ownUser names the caller of the sidecar's own endpoints, as a budgeted
+// request would be named.
+func (r *request) ownUser() *apiError {
 	r.user = firstNonEmpty(r.caller.User, r.headerUser, "default")
 	if r.caller.User != "" && r.headerUser != "" && r.headerUser != r.caller.User {
-		return r.deny(decisionBadRequest, userOverride())
+		return userOverride()
 	}
-	if e := validUser(r.user); e != nil {
+	return validUser(r.user)
+}
+
+// jsonReply answers the client with body, from the sidecar itself.
+func jsonReply(body []byte, details string) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_OK},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{header("content-type", "application/json")}},
+			Body:    body,
+			Details: details,
+		},
+	}}
+}
+
+func (r *request) budgetReply(ctx context.Context) *extprocv3.ProcessingResponse {
+	if e := r.ownUser(); e != nil {
 		return r.deny(decisionBadRequest, e)
 	}
 	limit := r.s.cfg.DailyLimit
@@ -85,14 +103,7 @@ func (r *request) budgetReply(ctx context.Context) *extprocv3.ProcessingResponse
 		return r.deny(decisionStoreUnavailable, unavailable("the budget store is unreachable; retry shortly"))
 	}
 	body, _ := json.Marshal(report)
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
-		ImmediateResponse: &extprocv3.ImmediateResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_OK},
-			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{header("content-type", "application/json")}},
-			Body:    body,
-			Details: "aifirewall_budget",
-		},
-	}}
+	return jsonReply(body, "aifirewall_budget")
 }
 
 // standings reads every budget of the budgets file that applies to the

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/ledger"
@@ -33,11 +31,7 @@ type HistoryDay struct {
 }
 
 func (r *request) historyReply(ctx context.Context) *extprocv3.ProcessingResponse {
-	r.user = firstNonEmpty(r.caller.User, r.headerUser, "default")
-	if r.caller.User != "" && r.headerUser != "" && r.headerUser != r.caller.User {
-		return r.deny(decisionBadRequest, userOverride())
-	}
-	if e := validUser(r.user); e != nil {
+	if e := r.ownUser(); e != nil {
 		return r.deny(decisionBadRequest, e)
 	}
 	if r.s.cfg.History == nil {
@@ -59,14 +53,7 @@ func (r *request) historyReply(ctx context.Context) *extprocv3.ProcessingRespons
 			CompletionTokens: row.CompletionTokens, CostUSD: billing.Nanos(row.CostNanos).Decimal(), CostNanos: row.CostNanos})
 	}
 	body, _ := json.Marshal(map[string]any{"user": r.user, "days": days})
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
-		ImmediateResponse: &extprocv3.ImmediateResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_OK},
-			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{header("content-type", "application/json")}},
-			Body:    body,
-			Details: "aifirewall_budget_history",
-		},
-	}}
+	return jsonReply(body, "aifirewall_budget_history")
 }
 
 // Recorder takes the ledger's record of each settled request; it must not
