@@ -8,6 +8,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -63,10 +64,71 @@ type Row struct {
 // Groupings a report may use.
 var Groupings = []string{"user", "group", "provider", "model", "day"}
 
-// Open opens the store a URL names: sqlite:///path/to/ledger.db.
+// Open opens the store a URL names: sqlite:///path/to/ledger.db, or
+// postgres://user:pass@host:5432/db (PostgreSQL, for fleets).
 func Open(ctx context.Context, url string) (Store, error) {
 	if path, ok := strings.CutPrefix(url, "sqlite://"); ok && path != "" {
 		return OpenSQLite(ctx, path)
 	}
-	return nil, fmt.Errorf("ledger URL %q: want sqlite:///path/to/ledger.db", url)
+	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
+		return OpenPostgres(ctx, url)
+	}
+	return nil, errors.New("ledger URL: want sqlite:///path/to/ledger.db or postgres://user:password@host:5432/database")
+}
+
+// dialect is how a store's SQL names what a report groups and filters by.
+type dialect struct {
+	table, user, day, time string
+	// group is the FROM clause that unnests groups, groupKey one group.
+	group, groupKey string
+	param           func(n int) string // the nth placeholder
+	arg             func(t time.Time) any
+}
+
+// reportSQL is the query of q in d, and its arguments.
+func reportSQL(q Query, d dialect) (string, []any, error) {
+	key, from := "", d.table
+	switch q.By {
+	case "user":
+		key = d.user
+	case "provider", "model":
+		key = q.By
+	case "day":
+		key = d.day
+	case "group":
+		// A request counts once for each of its groups.
+		key, from = d.groupKey, d.group
+	default:
+		return "", nil, fmt.Errorf("report by %q: want one of %v", q.By, Groupings)
+	}
+	where := d.time + " >= " + d.param(1) + " AND " + d.time + " < " + d.param(2)
+	args := []any{d.arg(q.Since), d.arg(q.Until)}
+	if q.User != "" {
+		where, args = where+" AND "+d.user+" = "+d.param(3), append(args, q.User)
+	}
+	order := "5 DESC, 1"
+	if q.By == "day" {
+		order = "1"
+	}
+	return `SELECT ` + key + `, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanos) FROM ` + from +
+		` WHERE ` + where + ` GROUP BY 1 ORDER BY ` + order, args, nil
+}
+
+// rows are a report query's rows, from either driver.
+type rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+func scanReport(rs rows) ([]Row, error) {
+	var out []Row
+	for rs.Next() {
+		var r Row
+		if err := rs.Scan(&r.Key, &r.Requests, &r.PromptTokens, &r.CompletionTokens, &r.CostNanos); err != nil {
+			return nil, fmt.Errorf("ledger report: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
 }

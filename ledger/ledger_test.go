@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 func record(id, user, model string, groups []string, cost int64, at time.Time) Record {
@@ -18,13 +20,31 @@ func record(id, user, model string, groups []string, cost int64, at time.Time) R
 		Endpoint: "/v1/chat/completions", PromptTokens: 10, CompletionTokens: 5, CostNanos: cost, Status: 200, Stream: true}
 }
 
-func TestSQLiteAppendIsIdempotentAndReports(t *testing.T) {
+// stores are the ledgers every store test runs against: SQLite, and
+// PostgreSQL (a server of the test's own).
+func stores(t *testing.T) map[string]Store {
+	t.Helper()
 	ctx := context.Background()
-	s, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "ledger.db"))
+	lite, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "ledger.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	pg, err := OpenPostgres(ctx, testinfra.StartPostgres(t).URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lite.Close(); pg.Close() })
+	return map[string]Store{"sqlite": lite, "postgres": pg}
+}
+
+func TestAppendIsIdempotentAndReports(t *testing.T) {
+	for name, s := range stores(t) {
+		t.Run(name, func(t *testing.T) { appendAndReport(t, s) })
+	}
+}
+
+func appendAndReport(t *testing.T, s Store) {
+	ctx := context.Background()
 	day := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	rs := []Record{
 		record("r1", "alice", "gpt-4o", []string{"payments", "eng"}, 100, day),
@@ -119,6 +139,9 @@ func TestWriterSpoolsThroughAnOutage(t *testing.T) {
 	rows, err := s.Report(ctx, Query{Since: at.Add(-time.Minute), Until: at.Add(time.Minute), By: "user"})
 	if err != nil || len(rows) != 1 || rows[0].Requests != 1300 || rows[0].CostNanos != 1300 {
 		t.Fatalf("after the outage: %v %v, want 1300 records once each", rows, err)
+	}
+	if w.Spooled() == 0 {
+		t.Fatal("nothing was spooled")
 	}
 	if _, err := os.Stat(w.spool); !os.IsNotExist(err) {
 		t.Fatalf("the spool is left: %v", err)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 
 	_ "modernc.org/sqlite" // the pure-Go SQLite driver: no server, no cgo
 )
@@ -81,42 +82,22 @@ func (s *SQLite) Append(ctx context.Context, rs []Record) error {
 	return nil
 }
 
+var sqliteDialect = dialect{table: "records", user: "user", time: "time_ms",
+	day:   "strftime('%Y-%m-%d', time_ms / 1000, 'unixepoch')",
+	group: "records, json_each(records.groups) AS g", groupKey: "g.value",
+	param: func(int) string { return "?" }, arg: func(t time.Time) any { return t.UnixMilli() }}
+
 func (s *SQLite) Report(ctx context.Context, q Query) ([]Row, error) {
-	var key, from string
-	switch q.By {
-	case "user", "provider", "model":
-		key, from = q.By, "records"
-	case "day":
-		key, from = "strftime('%Y-%m-%d', time_ms / 1000, 'unixepoch')", "records"
-	case "group":
-		// A request counts once for each of its groups.
-		key, from = "g.value", "records, json_each(records.groups) AS g"
-	default:
-		return nil, fmt.Errorf("report by %q: want one of %v", q.By, Groupings)
+	query, args, err := reportSQL(q, sqliteDialect)
+	if err != nil {
+		return nil, err
 	}
-	where, args := "time_ms >= ? AND time_ms < ?", []any{q.Since.UnixMilli(), q.Until.UnixMilli()}
-	if q.User != "" {
-		where, args = where+" AND user = ?", append(args, q.User)
-	}
-	order := "5 DESC, 1"
-	if q.By == "day" {
-		order = "1"
-	}
-	rows, err := s.db.QueryContext(ctx, `SELECT `+key+`, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanos)
-FROM `+from+` WHERE `+where+` GROUP BY 1 ORDER BY `+order, args...)
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("ledger report: %w", err)
 	}
 	defer rows.Close()
-	var out []Row
-	for rows.Next() {
-		var r Row
-		if err := rows.Scan(&r.Key, &r.Requests, &r.PromptTokens, &r.CompletionTokens, &r.CostNanos); err != nil {
-			return nil, fmt.Errorf("ledger report: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return scanReport(rows)
 }
 
 func (s *SQLite) Close() error { return s.db.Close() }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,7 +27,12 @@ type Writer struct {
 	ch    chan Record
 	mu    sync.Mutex // the spool file
 	done  chan struct{}
+
+	spooled atomic.Int64
 }
+
+// Spooled counts the records that went through the spool.
+func (w *Writer) Spooled() int64 { return w.spooled.Load() }
 
 const (
 	queueSize = 10_000
@@ -146,6 +152,7 @@ func (w *Writer) spoolAll(rs []Record) {
 		return
 	}
 	defer f.Close()
+	w.spooled.Add(int64(len(rs)))
 	bw := bufio.NewWriter(f)
 	for _, r := range rs {
 		b, _ := json.Marshal(r)
