@@ -3,6 +3,7 @@ package envoy_test
 import (
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/internal/testenv"
+	"github.com/aifirewall/aifirewall/internal/testinfra"
 )
 
 // Every settled request lands in the ledger once, written beside the
@@ -20,8 +22,9 @@ import (
 // what Redis billed, in USD and nano-dollars.
 func TestLedgerRecordsAndReports(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "ledger.db")
-	s := testenv.StartStack(t, testenv.StackOptions{Limit: "1",
-		Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + teamKeys(t), "LEDGER_URL=sqlite://" + db}})
+	opAddr := fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "1", Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + teamKeys(t),
+		"LEDGER_URL=sqlite://" + db, "ADMIN_TOKEN=" + adminToken, "OPERATOR_ADDR=" + opAddr}})
 	calls := map[string]int{"alice-key": 3, "bob-key": 2, "carol-key": 1}
 	for key, n := range calls {
 		for range n {
@@ -67,6 +70,13 @@ func TestLedgerRecordsAndReports(t *testing.T) {
 	}
 	if got := report("group", "payments", 5)["payments"]; got == nil || got[0] != "5" || got[4] != strconv.FormatInt(5*reqCost, 10) {
 		t.Errorf("group payments: %v, want alice's and bob's 5 requests", got)
+	}
+
+	// The same through the operator API.
+	tomorrow := time.Now().UTC().AddDate(0, 0, 1).Format(time.DateOnly)
+	if out, err := admin(t, opAddr, adminToken, "report", day, tomorrow, "user"); err != nil ||
+		!strings.Contains(out, "alice  3") || !strings.Contains(out, billing.Nanos(3*reqCost).Decimal()) {
+		t.Fatalf("admin report: %v\n%s", err, out)
 	}
 
 	// A caller's own history, with their own key, through the gateway.

@@ -3,11 +3,15 @@ package operator
 import (
 	"context"
 	"encoding/json"
+	"slices"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/budgets"
+	"github.com/aifirewall/aifirewall/ledger"
 	operatorv1 "github.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1"
 )
 
@@ -123,4 +127,31 @@ func (s *Server) DeleteBudget(ctx context.Context, req *operatorv1.DeleteBudgetR
 	s.Log.Info("operator deleted a budget", "budget", req.GetName())
 	s.Budgets.Refresh(ctx)
 	return &operatorv1.DeleteBudgetResponse{}, nil
+}
+
+func (s *Server) GetReport(ctx context.Context, req *operatorv1.GetReportRequest) (*operatorv1.GetReportResponse, error) {
+	if s.Ledger == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this sidecar keeps no ledger: set LEDGER_URL")
+	}
+	q := ledger.Query{By: req.GetBy()}
+	var err error
+	if q.Since, err = time.Parse(time.DateOnly, req.GetSince()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "since %q: want YYYY-MM-DD", req.GetSince())
+	}
+	if q.Until, err = time.Parse(time.DateOnly, req.GetUntil()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "until %q: want YYYY-MM-DD", req.GetUntil())
+	}
+	if !slices.Contains(ledger.Groupings, q.By) {
+		return nil, status.Errorf(codes.InvalidArgument, "by %q: want one of %v", q.By, ledger.Groupings)
+	}
+	rows, err := s.Ledger.Report(ctx, q)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "ledger: %v", err)
+	}
+	resp := &operatorv1.GetReportResponse{}
+	for _, r := range rows {
+		resp.Rows = append(resp.Rows, &operatorv1.ReportRow{Key: r.Key, Requests: r.Requests, PromptTokens: r.PromptTokens,
+			CompletionTokens: r.CompletionTokens, CostNanos: r.CostNanos, CostUsd: billing.Nanos(r.CostNanos).Decimal()})
+	}
+	return resp, nil
 }

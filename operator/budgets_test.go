@@ -16,6 +16,7 @@ import (
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/budgets"
+	"github.com/aifirewall/aifirewall/ledger"
 	operatorv1 "github.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1"
 )
 
@@ -75,5 +76,34 @@ func TestBudgetsThroughTheAPI(t *testing.T) {
 	}
 	if f := src.Current.Load(); len(f.Budgets) != 1 {
 		t.Fatalf("in force after delete: %+v", f.Budgets)
+	}
+}
+
+// GetReport sums the ledger, and says when there is none.
+func TestReportThroughTheAPI(t *testing.T) {
+	ctx := context.Background()
+	lg, err := ledger.OpenSQLite(ctx, filepath.Join(t.TempDir(), "ledger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lg.Close()
+	at := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	lg.Append(ctx, []ledger.Record{{Time: at, RequestID: "a", User: "alice", Model: "gpt-4o", CostNanos: 5},
+		{Time: at, RequestID: "b", User: "alice", Model: "gpt-4o", CostNanos: 7}})
+	store := billing.NewMemStore()
+	unary, stream := TokenAuth(token)
+	srv := &Server{Store: store, Keys: store, Limit: billing.NanosPerUSD, Location: time.UTC,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: time.Now, Ledger: lg}
+	c := serve(t, grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream)), srv)
+	r, err := c.GetReport(authed(token), &operatorv1.GetReportRequest{Since: "2026-12-01", Until: "2026-12-02", By: "user"})
+	if err != nil || len(r.GetRows()) != 1 || r.GetRows()[0].GetRequests() != 2 || r.GetRows()[0].GetCostUsd() != "0.000000012" {
+		t.Fatalf("report: %v %v", r, err)
+	}
+	if _, err := c.GetReport(authed(token), &operatorv1.GetReportRequest{Since: "2026-12-01", Until: "2026-12-02", By: "colour"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("by colour: %v", err)
+	}
+	none := client(t, store)
+	if _, err := none.GetReport(authed(token), &operatorv1.GetReportRequest{Since: "2026-12-01", Until: "2026-12-02", By: "user"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("without a ledger: %v", err)
 	}
 }

@@ -31,6 +31,7 @@ const cliUsage = `usage: aifirewall admin [-addr host:port] COMMAND
             [-per user] [-action audit] [-warn 50,80]
                             create or replace a budget (WINDOW: day, week, month, 24h, 7d, 30d)
   delete-budget NAME        remove a budget made with set-budget
+  report SINCE UNTIL BY     the ledger's spend over [SINCE, UNTIL) (YYYY-MM-DD, UTC) by user, group, provider, model or day
 The admin token is read from ADMIN_TOKEN; the address defaults to OPERATOR_ADDR.`
 
 // RunCLI runs `aifirewall admin ARGS`, printing to out.
@@ -123,6 +124,17 @@ func RunCLI(ctx context.Context, args []string, defaultAddr string, out io.Write
 			return err
 		}
 		printBudgets(out, r.GetBudget())
+	case a[0] == "report" && len(a) == 4:
+		r, err := c.GetReport(ctx, &operatorv1.GetReportRequest{Since: a[1], Until: a[2], By: a[3]})
+		if err != nil {
+			return err
+		}
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(w, "%s\tREQUESTS\tPROMPT_TOKENS\tCOMPLETION_TOKENS\tCOST_USD\n", strings.ToUpper(a[3]))
+		for _, row := range r.GetRows() {
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\n", row.GetKey(), row.GetRequests(), row.GetPromptTokens(), row.GetCompletionTokens(), row.GetCostUsd())
+		}
+		w.Flush()
 	case a[0] == "delete-budget" && len(a) == 2:
 		if _, err := c.DeleteBudget(ctx, &operatorv1.DeleteBudgetRequest{Name: a[1]}); err != nil {
 			return err

@@ -23,6 +23,7 @@ import (
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/budgets"
 	"github.com/aifirewall/aifirewall/identity"
+	"github.com/aifirewall/aifirewall/ledger"
 	operatorv1 "github.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1"
 )
 
@@ -42,6 +43,10 @@ type Server struct {
 	// Budgets are the budgets in force; Defs keeps those made here.
 	Budgets *budgets.Source
 	Defs    billing.BudgetDefStore
+	// Ledger, when set, answers GetReport.
+	Ledger interface {
+		Report(ctx context.Context, q ledger.Query) ([]ledger.Row, error)
+	}
 }
 
 // Register serves s on gs.

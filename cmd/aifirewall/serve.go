@@ -127,7 +127,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	go func() { errc <- gs.Serve(lis) }()
 	go func() { errc <- admin.Serve(adminLis) }()
 	if cfg.AdminToken != "" {
-		ops, err := operatorServer(cfg, store, keyStore, budgetSrc, log)
+		ops, err := operatorServer(cfg, store, keyStore, budgetSrc, history, log)
 		if err != nil {
 			return err
 		}
@@ -257,7 +257,7 @@ func startSettler(cfg *config.Config, store billing.Store, log *slog.Logger) (*b
 }
 
 // operatorServer serves the operator API on OPERATOR_ADDR.
-func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeyStore, budgetSrc *budgets.Source, log *slog.Logger) (*grpc.Server, error) {
+func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeyStore, budgetSrc *budgets.Source, history processor.Reporter, log *slog.Logger) (*grpc.Server, error) {
 	lis, err := net.Listen("tcp", cfg.OperatorAddr)
 	if err != nil {
 		return nil, fmt.Errorf("OPERATOR_ADDR: %w", err)
@@ -266,6 +266,9 @@ func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeySto
 	gs := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
 	srv := &operator.Server{Store: store, Keys: keys, Limit: cfg.Limit, Location: cfg.Location, Log: log, Now: time.Now,
 		Budgets: budgetSrc, Defs: budgetSrc.Defs}
+	if history != nil {
+		srv.Ledger = history
+	}
 	if cfg.IdentityMode == "mesh" {
 		srv.KeyWarning = "this gateway runs with IDENTITY_MODE=mesh, which accepts no API keys: the key is stored, " +
 			"but requests with it get 401 until IDENTITY_MODE is shared (the default) or keys"

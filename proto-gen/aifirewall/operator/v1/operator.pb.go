@@ -25,6 +25,196 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GetReportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// YYYY-MM-DD, UTC; until is exclusive.
+	Since string `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	Until string `protobuf:"bytes,2,opt,name=until,proto3" json:"until,omitempty"`
+	// user, group, provider, model or day.
+	By            string `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReportRequest) Reset() {
+	*x = GetReportRequest{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReportRequest) ProtoMessage() {}
+
+func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReportRequest.ProtoReflect.Descriptor instead.
+func (*GetReportRequest) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetReportRequest) GetSince() string {
+	if x != nil {
+		return x.Since
+	}
+	return ""
+}
+
+func (x *GetReportRequest) GetUntil() string {
+	if x != nil {
+		return x.Until
+	}
+	return ""
+}
+
+func (x *GetReportRequest) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+type ReportRow struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Key              string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Requests         int64                  `protobuf:"varint,2,opt,name=requests,proto3" json:"requests,omitempty"`
+	PromptTokens     int64                  `protobuf:"varint,3,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
+	CompletionTokens int64                  `protobuf:"varint,4,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
+	CostNanos        int64                  `protobuf:"varint,5,opt,name=cost_nanos,json=costNanos,proto3" json:"cost_nanos,omitempty"`
+	CostUsd          string                 `protobuf:"bytes,6,opt,name=cost_usd,json=costUsd,proto3" json:"cost_usd,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ReportRow) Reset() {
+	*x = ReportRow{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportRow) ProtoMessage() {}
+
+func (x *ReportRow) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportRow.ProtoReflect.Descriptor instead.
+func (*ReportRow) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReportRow) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ReportRow) GetRequests() int64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *ReportRow) GetPromptTokens() int64 {
+	if x != nil {
+		return x.PromptTokens
+	}
+	return 0
+}
+
+func (x *ReportRow) GetCompletionTokens() int64 {
+	if x != nil {
+		return x.CompletionTokens
+	}
+	return 0
+}
+
+func (x *ReportRow) GetCostNanos() int64 {
+	if x != nil {
+		return x.CostNanos
+	}
+	return 0
+}
+
+func (x *ReportRow) GetCostUsd() string {
+	if x != nil {
+		return x.CostUsd
+	}
+	return ""
+}
+
+type GetReportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rows          []*ReportRow           `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReportResponse) Reset() {
+	*x = GetReportResponse{}
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReportResponse) ProtoMessage() {}
+
+func (x *GetReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReportResponse.ProtoReflect.Descriptor instead.
+func (*GetReportResponse) Descriptor() ([]byte, []int) {
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GetReportResponse) GetRows() []*ReportRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
 // A budget as the budgets file writes it.
 type BudgetSpec struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -47,7 +237,7 @@ type BudgetSpec struct {
 
 func (x *BudgetSpec) Reset() {
 	*x = BudgetSpec{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[0]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -59,7 +249,7 @@ func (x *BudgetSpec) String() string {
 func (*BudgetSpec) ProtoMessage() {}
 
 func (x *BudgetSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[0]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -72,7 +262,7 @@ func (x *BudgetSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetSpec.ProtoReflect.Descriptor instead.
 func (*BudgetSpec) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{0}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BudgetSpec) GetName() string {
@@ -165,7 +355,7 @@ type BudgetInfo struct {
 
 func (x *BudgetInfo) Reset() {
 	*x = BudgetInfo{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[1]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -177,7 +367,7 @@ func (x *BudgetInfo) String() string {
 func (*BudgetInfo) ProtoMessage() {}
 
 func (x *BudgetInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[1]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -190,7 +380,7 @@ func (x *BudgetInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetInfo.ProtoReflect.Descriptor instead.
 func (*BudgetInfo) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{1}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BudgetInfo) GetSpec() *BudgetSpec {
@@ -258,7 +448,7 @@ type PutBudgetRequest struct {
 
 func (x *PutBudgetRequest) Reset() {
 	*x = PutBudgetRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[2]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +460,7 @@ func (x *PutBudgetRequest) String() string {
 func (*PutBudgetRequest) ProtoMessage() {}
 
 func (x *PutBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[2]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +473,7 @@ func (x *PutBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBudgetRequest.ProtoReflect.Descriptor instead.
 func (*PutBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{2}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PutBudgetRequest) GetBudget() *BudgetSpec {
@@ -302,7 +492,7 @@ type PutBudgetResponse struct {
 
 func (x *PutBudgetResponse) Reset() {
 	*x = PutBudgetResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[3]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +504,7 @@ func (x *PutBudgetResponse) String() string {
 func (*PutBudgetResponse) ProtoMessage() {}
 
 func (x *PutBudgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[3]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +517,7 @@ func (x *PutBudgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBudgetResponse.ProtoReflect.Descriptor instead.
 func (*PutBudgetResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{3}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PutBudgetResponse) GetBudget() *BudgetInfo {
@@ -345,7 +535,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[4]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +547,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[4]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +560,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{4}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{7}
 }
 
 type ListBudgetsResponse struct {
@@ -382,7 +572,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[5]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +584,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[5]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +597,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{5}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*BudgetInfo {
@@ -426,7 +616,7 @@ type DeleteBudgetRequest struct {
 
 func (x *DeleteBudgetRequest) Reset() {
 	*x = DeleteBudgetRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[6]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -438,7 +628,7 @@ func (x *DeleteBudgetRequest) String() string {
 func (*DeleteBudgetRequest) ProtoMessage() {}
 
 func (x *DeleteBudgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[6]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -451,7 +641,7 @@ func (x *DeleteBudgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBudgetRequest.ProtoReflect.Descriptor instead.
 func (*DeleteBudgetRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{6}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteBudgetRequest) GetName() string {
@@ -469,7 +659,7 @@ type DeleteBudgetResponse struct {
 
 func (x *DeleteBudgetResponse) Reset() {
 	*x = DeleteBudgetResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[7]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +671,7 @@ func (x *DeleteBudgetResponse) String() string {
 func (*DeleteBudgetResponse) ProtoMessage() {}
 
 func (x *DeleteBudgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[7]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +684,7 @@ func (x *DeleteBudgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBudgetResponse.ProtoReflect.Descriptor instead.
 func (*DeleteBudgetResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{7}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{10}
 }
 
 type GetUsageRequest struct {
@@ -508,7 +698,7 @@ type GetUsageRequest struct {
 
 func (x *GetUsageRequest) Reset() {
 	*x = GetUsageRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[8]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +710,7 @@ func (x *GetUsageRequest) String() string {
 func (*GetUsageRequest) ProtoMessage() {}
 
 func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[8]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +723,7 @@ func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{8}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetUsageRequest) GetUser() string {
@@ -569,7 +759,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[9]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +771,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[9]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +784,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{9}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Usage) GetUser() string {
@@ -669,7 +859,7 @@ type ListUsersRequest struct {
 
 func (x *ListUsersRequest) Reset() {
 	*x = ListUsersRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[10]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +871,7 @@ func (x *ListUsersRequest) String() string {
 func (*ListUsersRequest) ProtoMessage() {}
 
 func (x *ListUsersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[10]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +884,7 @@ func (x *ListUsersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUsersRequest.ProtoReflect.Descriptor instead.
 func (*ListUsersRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{10}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListUsersRequest) GetDay() string {
@@ -713,7 +903,7 @@ type ListUsersResponse struct {
 
 func (x *ListUsersResponse) Reset() {
 	*x = ListUsersResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[11]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +915,7 @@ func (x *ListUsersResponse) String() string {
 func (*ListUsersResponse) ProtoMessage() {}
 
 func (x *ListUsersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[11]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +928,7 @@ func (x *ListUsersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUsersResponse.ProtoReflect.Descriptor instead.
 func (*ListUsersResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{11}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListUsersResponse) GetUsers() []*Usage {
@@ -759,7 +949,7 @@ type SetLimitRequest struct {
 
 func (x *SetLimitRequest) Reset() {
 	*x = SetLimitRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[12]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +961,7 @@ func (x *SetLimitRequest) String() string {
 func (*SetLimitRequest) ProtoMessage() {}
 
 func (x *SetLimitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[12]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +974,7 @@ func (x *SetLimitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLimitRequest.ProtoReflect.Descriptor instead.
 func (*SetLimitRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{12}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetLimitRequest) GetUser() string {
@@ -810,7 +1000,7 @@ type SetLimitResponse struct {
 
 func (x *SetLimitResponse) Reset() {
 	*x = SetLimitResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[13]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +1012,7 @@ func (x *SetLimitResponse) String() string {
 func (*SetLimitResponse) ProtoMessage() {}
 
 func (x *SetLimitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[13]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +1025,7 @@ func (x *SetLimitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLimitResponse.ProtoReflect.Descriptor instead.
 func (*SetLimitResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{13}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetLimitResponse) GetUsage() *Usage {
@@ -858,7 +1048,7 @@ type AddKeyRequest struct {
 
 func (x *AddKeyRequest) Reset() {
 	*x = AddKeyRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[14]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1060,7 @@ func (x *AddKeyRequest) String() string {
 func (*AddKeyRequest) ProtoMessage() {}
 
 func (x *AddKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[14]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1073,7 @@ func (x *AddKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddKeyRequest.ProtoReflect.Descriptor instead.
 func (*AddKeyRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{14}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AddKeyRequest) GetUser() string {
@@ -922,7 +1112,7 @@ type AddKeyResponse struct {
 
 func (x *AddKeyResponse) Reset() {
 	*x = AddKeyResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[15]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1124,7 @@ func (x *AddKeyResponse) String() string {
 func (*AddKeyResponse) ProtoMessage() {}
 
 func (x *AddKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[15]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1137,7 @@ func (x *AddKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddKeyResponse.ProtoReflect.Descriptor instead.
 func (*AddKeyResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{15}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AddKeyResponse) GetKey() string {
@@ -980,7 +1170,7 @@ type RevokeKeyRequest struct {
 
 func (x *RevokeKeyRequest) Reset() {
 	*x = RevokeKeyRequest{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[16]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1182,7 @@ func (x *RevokeKeyRequest) String() string {
 func (*RevokeKeyRequest) ProtoMessage() {}
 
 func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[16]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1195,7 @@ func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{16}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevokeKeyRequest) GetSha256() string {
@@ -1023,7 +1213,7 @@ type RevokeKeyResponse struct {
 
 func (x *RevokeKeyResponse) Reset() {
 	*x = RevokeKeyResponse{}
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[17]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1225,7 @@ func (x *RevokeKeyResponse) String() string {
 func (*RevokeKeyResponse) ProtoMessage() {}
 
 func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[17]
+	mi := &file_aifirewall_operator_v1_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,14 +1238,28 @@ func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{17}
+	return file_aifirewall_operator_v1_operator_proto_rawDescGZIP(), []int{20}
 }
 
 var File_aifirewall_operator_v1_operator_proto protoreflect.FileDescriptor
 
 const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"%aifirewall/operator/v1/operator.proto\x12\x16aifirewall.operator.v1\"\x81\x02\n" +
+	"%aifirewall/operator/v1/operator.proto\x12\x16aifirewall.operator.v1\"N\n" +
+	"\x10GetReportRequest\x12\x14\n" +
+	"\x05since\x18\x01 \x01(\tR\x05since\x12\x14\n" +
+	"\x05until\x18\x02 \x01(\tR\x05until\x12\x0e\n" +
+	"\x02by\x18\x03 \x01(\tR\x02by\"\xc5\x01\n" +
+	"\tReportRow\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
+	"\brequests\x18\x02 \x01(\x03R\brequests\x12#\n" +
+	"\rprompt_tokens\x18\x03 \x01(\x03R\fpromptTokens\x12+\n" +
+	"\x11completion_tokens\x18\x04 \x01(\x03R\x10completionTokens\x12\x1d\n" +
+	"\n" +
+	"cost_nanos\x18\x05 \x01(\x03R\tcostNanos\x12\x19\n" +
+	"\bcost_usd\x18\x06 \x01(\tR\acostUsd\"J\n" +
+	"\x11GetReportResponse\x125\n" +
+	"\x04rows\x18\x01 \x03(\v2!.aifirewall.operator.v1.ReportRowR\x04rows\"\x81\x02\n" +
 	"\n" +
 	"BudgetSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
@@ -1127,7 +1331,7 @@ const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"\awarning\x18\x03 \x01(\tR\awarning\"*\n" +
 	"\x10RevokeKeyRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\"\x13\n" +
-	"\x11RevokeKeyResponse2\x96\x06\n" +
+	"\x11RevokeKeyResponse2\xf8\x06\n" +
 	"\x0fOperatorService\x12R\n" +
 	"\bGetUsage\x12'.aifirewall.operator.v1.GetUsageRequest\x1a\x1d.aifirewall.operator.v1.Usage\x12`\n" +
 	"\tListUsers\x12(.aifirewall.operator.v1.ListUsersRequest\x1a).aifirewall.operator.v1.ListUsersResponse\x12]\n" +
@@ -1136,7 +1340,8 @@ const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"\tRevokeKey\x12(.aifirewall.operator.v1.RevokeKeyRequest\x1a).aifirewall.operator.v1.RevokeKeyResponse\x12`\n" +
 	"\tPutBudget\x12(.aifirewall.operator.v1.PutBudgetRequest\x1a).aifirewall.operator.v1.PutBudgetResponse\x12f\n" +
 	"\vListBudgets\x12*.aifirewall.operator.v1.ListBudgetsRequest\x1a+.aifirewall.operator.v1.ListBudgetsResponse\x12i\n" +
-	"\fDeleteBudget\x12+.aifirewall.operator.v1.DeleteBudgetRequest\x1a,.aifirewall.operator.v1.DeleteBudgetResponseBNZLgithub.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1;operatorv1b\x06proto3"
+	"\fDeleteBudget\x12+.aifirewall.operator.v1.DeleteBudgetRequest\x1a,.aifirewall.operator.v1.DeleteBudgetResponse\x12`\n" +
+	"\tGetReport\x12(.aifirewall.operator.v1.GetReportRequest\x1a).aifirewall.operator.v1.GetReportResponseBNZLgithub.com/aifirewall/aifirewall/proto-gen/aifirewall/operator/v1;operatorv1b\x06proto3"
 
 var (
 	file_aifirewall_operator_v1_operator_proto_rawDescOnce sync.Once
@@ -1150,55 +1355,61 @@ func file_aifirewall_operator_v1_operator_proto_rawDescGZIP() []byte {
 	return file_aifirewall_operator_v1_operator_proto_rawDescData
 }
 
-var file_aifirewall_operator_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_aifirewall_operator_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_aifirewall_operator_v1_operator_proto_goTypes = []any{
-	(*BudgetSpec)(nil),           // 0: aifirewall.operator.v1.BudgetSpec
-	(*BudgetInfo)(nil),           // 1: aifirewall.operator.v1.BudgetInfo
-	(*PutBudgetRequest)(nil),     // 2: aifirewall.operator.v1.PutBudgetRequest
-	(*PutBudgetResponse)(nil),    // 3: aifirewall.operator.v1.PutBudgetResponse
-	(*ListBudgetsRequest)(nil),   // 4: aifirewall.operator.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),  // 5: aifirewall.operator.v1.ListBudgetsResponse
-	(*DeleteBudgetRequest)(nil),  // 6: aifirewall.operator.v1.DeleteBudgetRequest
-	(*DeleteBudgetResponse)(nil), // 7: aifirewall.operator.v1.DeleteBudgetResponse
-	(*GetUsageRequest)(nil),      // 8: aifirewall.operator.v1.GetUsageRequest
-	(*Usage)(nil),                // 9: aifirewall.operator.v1.Usage
-	(*ListUsersRequest)(nil),     // 10: aifirewall.operator.v1.ListUsersRequest
-	(*ListUsersResponse)(nil),    // 11: aifirewall.operator.v1.ListUsersResponse
-	(*SetLimitRequest)(nil),      // 12: aifirewall.operator.v1.SetLimitRequest
-	(*SetLimitResponse)(nil),     // 13: aifirewall.operator.v1.SetLimitResponse
-	(*AddKeyRequest)(nil),        // 14: aifirewall.operator.v1.AddKeyRequest
-	(*AddKeyResponse)(nil),       // 15: aifirewall.operator.v1.AddKeyResponse
-	(*RevokeKeyRequest)(nil),     // 16: aifirewall.operator.v1.RevokeKeyRequest
-	(*RevokeKeyResponse)(nil),    // 17: aifirewall.operator.v1.RevokeKeyResponse
+	(*GetReportRequest)(nil),     // 0: aifirewall.operator.v1.GetReportRequest
+	(*ReportRow)(nil),            // 1: aifirewall.operator.v1.ReportRow
+	(*GetReportResponse)(nil),    // 2: aifirewall.operator.v1.GetReportResponse
+	(*BudgetSpec)(nil),           // 3: aifirewall.operator.v1.BudgetSpec
+	(*BudgetInfo)(nil),           // 4: aifirewall.operator.v1.BudgetInfo
+	(*PutBudgetRequest)(nil),     // 5: aifirewall.operator.v1.PutBudgetRequest
+	(*PutBudgetResponse)(nil),    // 6: aifirewall.operator.v1.PutBudgetResponse
+	(*ListBudgetsRequest)(nil),   // 7: aifirewall.operator.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),  // 8: aifirewall.operator.v1.ListBudgetsResponse
+	(*DeleteBudgetRequest)(nil),  // 9: aifirewall.operator.v1.DeleteBudgetRequest
+	(*DeleteBudgetResponse)(nil), // 10: aifirewall.operator.v1.DeleteBudgetResponse
+	(*GetUsageRequest)(nil),      // 11: aifirewall.operator.v1.GetUsageRequest
+	(*Usage)(nil),                // 12: aifirewall.operator.v1.Usage
+	(*ListUsersRequest)(nil),     // 13: aifirewall.operator.v1.ListUsersRequest
+	(*ListUsersResponse)(nil),    // 14: aifirewall.operator.v1.ListUsersResponse
+	(*SetLimitRequest)(nil),      // 15: aifirewall.operator.v1.SetLimitRequest
+	(*SetLimitResponse)(nil),     // 16: aifirewall.operator.v1.SetLimitResponse
+	(*AddKeyRequest)(nil),        // 17: aifirewall.operator.v1.AddKeyRequest
+	(*AddKeyResponse)(nil),       // 18: aifirewall.operator.v1.AddKeyResponse
+	(*RevokeKeyRequest)(nil),     // 19: aifirewall.operator.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),    // 20: aifirewall.operator.v1.RevokeKeyResponse
 }
 var file_aifirewall_operator_v1_operator_proto_depIdxs = []int32{
-	0,  // 0: aifirewall.operator.v1.BudgetInfo.spec:type_name -> aifirewall.operator.v1.BudgetSpec
-	0,  // 1: aifirewall.operator.v1.PutBudgetRequest.budget:type_name -> aifirewall.operator.v1.BudgetSpec
-	1,  // 2: aifirewall.operator.v1.PutBudgetResponse.budget:type_name -> aifirewall.operator.v1.BudgetInfo
-	1,  // 3: aifirewall.operator.v1.ListBudgetsResponse.budgets:type_name -> aifirewall.operator.v1.BudgetInfo
-	9,  // 4: aifirewall.operator.v1.ListUsersResponse.users:type_name -> aifirewall.operator.v1.Usage
-	9,  // 5: aifirewall.operator.v1.SetLimitResponse.usage:type_name -> aifirewall.operator.v1.Usage
-	8,  // 6: aifirewall.operator.v1.OperatorService.GetUsage:input_type -> aifirewall.operator.v1.GetUsageRequest
-	10, // 7: aifirewall.operator.v1.OperatorService.ListUsers:input_type -> aifirewall.operator.v1.ListUsersRequest
-	12, // 8: aifirewall.operator.v1.OperatorService.SetLimit:input_type -> aifirewall.operator.v1.SetLimitRequest
-	14, // 9: aifirewall.operator.v1.OperatorService.AddKey:input_type -> aifirewall.operator.v1.AddKeyRequest
-	16, // 10: aifirewall.operator.v1.OperatorService.RevokeKey:input_type -> aifirewall.operator.v1.RevokeKeyRequest
-	2,  // 11: aifirewall.operator.v1.OperatorService.PutBudget:input_type -> aifirewall.operator.v1.PutBudgetRequest
-	4,  // 12: aifirewall.operator.v1.OperatorService.ListBudgets:input_type -> aifirewall.operator.v1.ListBudgetsRequest
-	6,  // 13: aifirewall.operator.v1.OperatorService.DeleteBudget:input_type -> aifirewall.operator.v1.DeleteBudgetRequest
-	9,  // 14: aifirewall.operator.v1.OperatorService.GetUsage:output_type -> aifirewall.operator.v1.Usage
-	11, // 15: aifirewall.operator.v1.OperatorService.ListUsers:output_type -> aifirewall.operator.v1.ListUsersResponse
-	13, // 16: aifirewall.operator.v1.OperatorService.SetLimit:output_type -> aifirewall.operator.v1.SetLimitResponse
-	15, // 17: aifirewall.operator.v1.OperatorService.AddKey:output_type -> aifirewall.operator.v1.AddKeyResponse
-	17, // 18: aifirewall.operator.v1.OperatorService.RevokeKey:output_type -> aifirewall.operator.v1.RevokeKeyResponse
-	3,  // 19: aifirewall.operator.v1.OperatorService.PutBudget:output_type -> aifirewall.operator.v1.PutBudgetResponse
-	5,  // 20: aifirewall.operator.v1.OperatorService.ListBudgets:output_type -> aifirewall.operator.v1.ListBudgetsResponse
-	7,  // 21: aifirewall.operator.v1.OperatorService.DeleteBudget:output_type -> aifirewall.operator.v1.DeleteBudgetResponse
-	14, // [14:22] is the sub-list for method output_type
-	6,  // [6:14] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	1,  // 0: aifirewall.operator.v1.GetReportResponse.rows:type_name -> aifirewall.operator.v1.ReportRow
+	3,  // 1: aifirewall.operator.v1.BudgetInfo.spec:type_name -> aifirewall.operator.v1.BudgetSpec
+	3,  // 2: aifirewall.operator.v1.PutBudgetRequest.budget:type_name -> aifirewall.operator.v1.BudgetSpec
+	4,  // 3: aifirewall.operator.v1.PutBudgetResponse.budget:type_name -> aifirewall.operator.v1.BudgetInfo
+	4,  // 4: aifirewall.operator.v1.ListBudgetsResponse.budgets:type_name -> aifirewall.operator.v1.BudgetInfo
+	12, // 5: aifirewall.operator.v1.ListUsersResponse.users:type_name -> aifirewall.operator.v1.Usage
+	12, // 6: aifirewall.operator.v1.SetLimitResponse.usage:type_name -> aifirewall.operator.v1.Usage
+	11, // 7: aifirewall.operator.v1.OperatorService.GetUsage:input_type -> aifirewall.operator.v1.GetUsageRequest
+	13, // 8: aifirewall.operator.v1.OperatorService.ListUsers:input_type -> aifirewall.operator.v1.ListUsersRequest
+	15, // 9: aifirewall.operator.v1.OperatorService.SetLimit:input_type -> aifirewall.operator.v1.SetLimitRequest
+	17, // 10: aifirewall.operator.v1.OperatorService.AddKey:input_type -> aifirewall.operator.v1.AddKeyRequest
+	19, // 11: aifirewall.operator.v1.OperatorService.RevokeKey:input_type -> aifirewall.operator.v1.RevokeKeyRequest
+	5,  // 12: aifirewall.operator.v1.OperatorService.PutBudget:input_type -> aifirewall.operator.v1.PutBudgetRequest
+	7,  // 13: aifirewall.operator.v1.OperatorService.ListBudgets:input_type -> aifirewall.operator.v1.ListBudgetsRequest
+	9,  // 14: aifirewall.operator.v1.OperatorService.DeleteBudget:input_type -> aifirewall.operator.v1.DeleteBudgetRequest
+	0,  // 15: aifirewall.operator.v1.OperatorService.GetReport:input_type -> aifirewall.operator.v1.GetReportRequest
+	12, // 16: aifirewall.operator.v1.OperatorService.GetUsage:output_type -> aifirewall.operator.v1.Usage
+	14, // 17: aifirewall.operator.v1.OperatorService.ListUsers:output_type -> aifirewall.operator.v1.ListUsersResponse
+	16, // 18: aifirewall.operator.v1.OperatorService.SetLimit:output_type -> aifirewall.operator.v1.SetLimitResponse
+	18, // 19: aifirewall.operator.v1.OperatorService.AddKey:output_type -> aifirewall.operator.v1.AddKeyResponse
+	20, // 20: aifirewall.operator.v1.OperatorService.RevokeKey:output_type -> aifirewall.operator.v1.RevokeKeyResponse
+	6,  // 21: aifirewall.operator.v1.OperatorService.PutBudget:output_type -> aifirewall.operator.v1.PutBudgetResponse
+	8,  // 22: aifirewall.operator.v1.OperatorService.ListBudgets:output_type -> aifirewall.operator.v1.ListBudgetsResponse
+	10, // 23: aifirewall.operator.v1.OperatorService.DeleteBudget:output_type -> aifirewall.operator.v1.DeleteBudgetResponse
+	2,  // 24: aifirewall.operator.v1.OperatorService.GetReport:output_type -> aifirewall.operator.v1.GetReportResponse
+	16, // [16:25] is the sub-list for method output_type
+	7,  // [7:16] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_aifirewall_operator_v1_operator_proto_init() }
@@ -1212,7 +1423,7 @@ func file_aifirewall_operator_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aifirewall_operator_v1_operator_proto_rawDesc), len(file_aifirewall_operator_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

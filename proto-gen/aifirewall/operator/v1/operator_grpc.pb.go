@@ -31,6 +31,7 @@ const (
 	OperatorService_PutBudget_FullMethodName    = "/aifirewall.operator.v1.OperatorService/PutBudget"
 	OperatorService_ListBudgets_FullMethodName  = "/aifirewall.operator.v1.OperatorService/ListBudgets"
 	OperatorService_DeleteBudget_FullMethodName = "/aifirewall.operator.v1.OperatorService/DeleteBudget"
+	OperatorService_GetReport_FullMethodName    = "/aifirewall.operator.v1.OperatorService/GetReport"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -58,6 +59,8 @@ type OperatorServiceClient interface {
 	ListBudgets(ctx context.Context, in *ListBudgetsRequest, opts ...grpc.CallOption) (*ListBudgetsResponse, error)
 	// DeleteBudget removes a budget made with PutBudget.
 	DeleteBudget(ctx context.Context, in *DeleteBudgetRequest, opts ...grpc.CallOption) (*DeleteBudgetResponse, error)
+	// GetReport sums the ledger (LEDGER_URL) over [since, until), grouped.
+	GetReport(ctx context.Context, in *GetReportRequest, opts ...grpc.CallOption) (*GetReportResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -148,6 +151,16 @@ func (c *operatorServiceClient) DeleteBudget(ctx context.Context, in *DeleteBudg
 	return out, nil
 }
 
+func (c *operatorServiceClient) GetReport(ctx context.Context, in *GetReportRequest, opts ...grpc.CallOption) (*GetReportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetReportResponse)
+	err := c.cc.Invoke(ctx, OperatorService_GetReport_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -173,6 +186,8 @@ type OperatorServiceServer interface {
 	ListBudgets(context.Context, *ListBudgetsRequest) (*ListBudgetsResponse, error)
 	// DeleteBudget removes a budget made with PutBudget.
 	DeleteBudget(context.Context, *DeleteBudgetRequest) (*DeleteBudgetResponse, error)
+	// GetReport sums the ledger (LEDGER_URL) over [since, until), grouped.
+	GetReport(context.Context, *GetReportRequest) (*GetReportResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -206,6 +221,9 @@ func (UnimplementedOperatorServiceServer) ListBudgets(context.Context, *ListBudg
 }
 func (UnimplementedOperatorServiceServer) DeleteBudget(context.Context, *DeleteBudgetRequest) (*DeleteBudgetResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteBudget not implemented")
+}
+func (UnimplementedOperatorServiceServer) GetReport(context.Context, *GetReportRequest) (*GetReportResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetReport not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -372,6 +390,24 @@ func _OperatorService_DeleteBudget_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_GetReport_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetReportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).GetReport(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_GetReport_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).GetReport(ctx, req.(*GetReportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -410,6 +446,10 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteBudget",
 			Handler:    _OperatorService_DeleteBudget_Handler,
+		},
+		{
+			MethodName: "GetReport",
+			Handler:    _OperatorService_GetReport_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
