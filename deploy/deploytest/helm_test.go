@@ -194,6 +194,8 @@ var matrix = []struct {
 	{"gateway, identities from service-account tokens", "", []string{"identityMode=jwt", "jwt.issuer=https://kubernetes.default.svc",
 		"jwt.audiences={aifirewall}", "jwt.jwksConfigMap=cluster-jwks", "jwt.groupsClaim=kubernetes.io.namespace"},
 		"NetworkPolicy PodDisruptionBudget ServiceAccount Service Deployment HorizontalPodAutoscaler Pod"},
+	{"gateway, Grafana dashboard", "", []string{"grafanaDashboard.enabled=true"},
+		"NetworkPolicy PodDisruptionBudget ServiceAccount ConfigMap Service Deployment HorizontalPodAutoscaler Pod"},
 	{"sidecar", "", []string{"mode=sidecar"}, ""},
 	{"sidecar, example", "", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "Deployment"},
 	{"sidecar, providers file, example", "testdata/providers-values.yaml", []string{"mode=sidecar", "sidecar.example.enabled=true"}, "ConfigMap Deployment"},
