@@ -107,3 +107,41 @@ func BenchmarkPostgresAppend(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*batchSize)/b.Elapsed().Seconds(), "records/s")
 }
+
+// A month's report over a million records, grouped by model (target: under
+// a second): go test -run '^$' -bench BenchmarkMonthReport -benchtime 5x ./ledger/
+func BenchmarkMonthReport(b *testing.B) {
+	ctx := context.Background()
+	for name, open := range map[string]func() (Store, error){
+		"postgres": func() (Store, error) { return OpenPostgres(ctx, testinfra.StartPostgres(b).URL()) },
+		"sqlite":   func() (Store, error) { return OpenSQLite(ctx, filepath.Join(b.TempDir(), "ledger.db")) },
+	} {
+		b.Run(name, func(b *testing.B) {
+			s, err := open()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			month := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+			models := []string{"gpt-4o", "gpt-4o-mini", "claude-haiku-4-5", "claude-sonnet-4", "o3-mini"}
+			batch := make([]Record, 5000)
+			for n := 0; n < 1_000_000; n += len(batch) {
+				for i := range batch {
+					k := n + i
+					batch[i] = record(fmt.Sprintf("m%d", k), fmt.Sprintf("user-%d", k%500), models[k%len(models)],
+						[]string{fmt.Sprintf("team-%d", k%20)}, int64(k%1000), month.Add(time.Duration(k)*2*time.Second))
+				}
+				if err := s.Append(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for range b.N {
+				rows, err := s.Report(ctx, Query{Since: month, Until: month.AddDate(0, 1, 0), By: "model"})
+				if err != nil || len(rows) != len(models) {
+					b.Fatalf("%v %v", rows, err)
+				}
+			}
+		})
+	}
+}
