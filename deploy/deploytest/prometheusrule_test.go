@@ -97,8 +97,8 @@ func TestChartGrafanaDashboard(t *testing.T) {
 	var dash struct {
 		UID    string `json:"uid"`
 		Panels []struct {
-			ID      int    `json:"id"`
-			Title   string `json:"title"`
+			ID      int                      `json:"id"`
+			Title   string                   `json:"title"`
 			GridPos struct{ X, Y, W, H int } `json:"gridPos"`
 			Targets []struct {
 				Expr string `json:"expr"`
