@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +22,7 @@ type Source struct {
 	Current atomic.Pointer[File]
 	Log     *slog.Logger
 
+	mu      sync.Mutex // one refresh at a time: the watch loop and the operator API's
 	file    *File
 	raw     []byte
 	lastAPI map[string]string
@@ -34,7 +36,9 @@ func (s *Source) Load(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		s.mu.Lock()
 		s.file, s.raw = f, mustRead(s.Path)
+		s.mu.Unlock()
 	}
 	s.refresh(ctx)
 	return nil
@@ -51,6 +55,8 @@ func (s *Source) Watch(ctx context.Context, every time.Duration) {
 func (s *Source) Refresh(ctx context.Context) { s.refresh(ctx) }
 
 func (s *Source) refresh(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	changed := false
 	if s.Path != "" {
 		raw, err := os.ReadFile(s.Path)
