@@ -52,29 +52,9 @@ func getBudget(t *testing.T, s *testenv.Stack, key string, headers map[string]st
 func TestConcurrentRequestsCannotOverspend(t *testing.T) {
 	const limit = 50_000 // $0.00005: five or six requests' worth
 	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.00005"})
-	var mu sync.Mutex
-	codes := map[int]int{}
-	var wg sync.WaitGroup
-	for range 100 {
-		wg.Go(func() {
-			req, _ := http.NewRequest("POST", s.Envoy.URL()+"/v1/chat/completions", strings.NewReader(cappedBody))
-			req.Header.Set("authorization", "Bearer "+testenv.ClientKey)
-			req.Header.Set("x-user-id", "swarm")
-			req.Header.Set("content-type", "application/json")
-			req.Header.Set("x-fake-delay-ms", "20")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			mu.Lock()
-			codes[resp.StatusCode]++
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	codes := concurrentChats(t, s, 100, func(int) map[string]string {
+		return map[string]string{"authorization": "Bearer " + testenv.ClientKey, "x-user-id": "swarm"}
+	})
 	if codes[200] < 3 || codes[402] == 0 || codes[200]+codes[402] != 100 {
 		t.Fatalf("status counts %v", codes)
 	}
@@ -201,4 +181,35 @@ func TestUnknownPathDeniedAndModelsForwarded(t *testing.T) {
 	if fmt.Sprint(len(s.Upstream.Requests())) != "1" {
 		t.Fatal("the unknown path reached the upstream")
 	}
+}
+
+// concurrentChats sends n streamed chat requests at once (each answer
+// 20 ms slow), with headers(i) on the i-th, and counts the statuses.
+func concurrentChats(t *testing.T, s *testenv.Stack, n int, headers func(i int) map[string]string) map[int]int {
+	t.Helper()
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			req, _ := http.NewRequest("POST", s.Envoy.URL()+"/v1/chat/completions", strings.NewReader(cappedBody))
+			req.Header.Set("content-type", "application/json")
+			req.Header.Set("x-fake-delay-ms", "20")
+			for k, v := range headers(i) {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			codes[resp.StatusCode]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return codes
 }

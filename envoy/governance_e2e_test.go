@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -150,29 +149,9 @@ func concurrentTeamStreams(t *testing.T, env ...string) {
 	s, _ := governance(t, `budgets:
   - {name: payments-month, groups: [payments], window: month, limit_usd: "0.0003"}
 `, env...)
-	var mu sync.Mutex
-	codes := map[int]int{}
-	var wg sync.WaitGroup
-	for i := range 60 {
-		key := []string{"alice-key", "bob-key"}[i%2]
-		wg.Go(func() {
-			req, _ := http.NewRequest("POST", s.Envoy.URL()+"/v1/chat/completions", strings.NewReader(cappedBody))
-			req.Header.Set("authorization", "Bearer "+key)
-			req.Header.Set("content-type", "application/json")
-			req.Header.Set("x-fake-delay-ms", "20")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			mu.Lock()
-			codes[resp.StatusCode]++
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	codes := concurrentChats(t, s, 60, func(i int) map[string]string {
+		return map[string]string{"authorization": "Bearer " + []string{"alice-key", "bob-key"}[i%2]}
+	})
 	if codes[200] < 10 || codes[402] == 0 || codes[200]+codes[402] != 60 {
 		t.Fatalf("status counts %v", codes)
 	}
