@@ -28,6 +28,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not .Values.redis.url -}}
 {{- fail "redis.url: the budgets live in Redis; give its URL (redis://, rediss://, redis+sentinel://, redis+cluster://)" -}}
 {{- end -}}
+{{- if and .Values.ledger.url .Values.ledger.urlSecretKey -}}
+{{- fail "ledger: set ledger.url (e.g. sqlite:///var/lib/aifirewall/ledger.db) or ledger.urlSecretKey (a postgres:// URL with its password, in the Secret), not both" -}}
+{{- end -}}
+{{- if and .Values.ledger.url (hasPrefix "postgres" .Values.ledger.url) (contains "@" .Values.ledger.url) -}}
+{{- fail "ledger.url: a postgres:// URL with credentials belongs in the Secret: put it under a key of secret.name and name that key in ledger.urlSecretKey" -}}
+{{- end -}}
 {{- if eq .Values.identityMode "jwt" -}}
 {{- if eq .Values.mode "extproc" -}}
 {{- fail "identityMode: jwt is verified by the chart's own Envoy (gateway or sidecar mode); in front of extproc, give your gateway a jwt_authn filter forwarding its metadata (README, Identities)" -}}
@@ -232,6 +238,12 @@ aifirewall:
     {{- include "aifirewall.secretEnv" (dict "name" "INTERNAL_API_KEY" "secret" $sec "key" $v.secret.internalAPIKeyKey "optional" (eq $v.identityMode "mesh")) | nindent 4 }}
     {{- include "aifirewall.secretEnv" (dict "name" "ADMIN_TOKEN" "secret" $sec "key" $v.secret.adminTokenKey "optional" true) | nindent 4 }}
     {{- include "aifirewall.secretEnv" (dict "name" "REDIS_PASSWORD" "secret" $sec "key" $v.secret.redisPasswordKey "optional" true) | nindent 4 }}
+    {{- if $v.ledger.urlSecretKey }}
+    {{- include "aifirewall.secretEnv" (dict "name" "LEDGER_URL" "secret" $sec "key" $v.ledger.urlSecretKey "optional" false) | nindent 4 }}
+    {{- else if $v.ledger.url }}
+    - name: LEDGER_URL
+      value: {{ $v.ledger.url | quote }}
+    {{- end }}
     {{- if $v.extproc.sendsProviderKeys }}
     {{- include "aifirewall.keyEnv" $ | nindent 4 }}
     {{- end }}
