@@ -1,11 +1,9 @@
 package envoy_test
 
 import (
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -44,18 +42,7 @@ func TestLedgerRecordsAndReports(t *testing.T) {
 	report := func(by, key string, n int) map[string][]string {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			b, err := exec.Command(testenv.SidecarBinary(t), "report", "-ledger", "sqlite://"+db, "-by", by, "-csv").CombinedOutput()
-			if err != nil {
-				t.Fatalf("report: %v %s", err, b)
-			}
-			rows, err := csv.NewReader(strings.NewReader(string(b))).ReadAll()
-			if err != nil {
-				t.Fatal(err)
-			}
-			out := map[string][]string{}
-			for _, r := range rows[1:] {
-				out[r[0]] = r[1:]
-			}
+			_, out := reportCLI(t, db, "-by", by)
 			if out[key] != nil && out[key][0] == strconv.Itoa(n) || time.Now().After(deadline) {
 				return out
 			}

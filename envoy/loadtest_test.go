@@ -23,7 +23,8 @@ import (
 // generated configuration minus the ext_proc filter, and (c) Envoy with
 // the sidecar and Redis ((d): over a Unix socket; (e): the same filter
 // against a pass-through ext_proc server, whose CPU is in the sidecar
-// column), printing one table with the ratios (c)/(b). It
+// column; (f): (c) with the ledger on, SQLite in the sidecar's process),
+// printing one table with the ratios (c)/(b) and (f)/(c). It
 // measures and prints, once (-benchtime 1x); it fails only when requests
 // fail. Off unless LOADTEST=1, so that `make bench` stays short: it takes
 // minutes and the whole machine.
@@ -57,6 +58,8 @@ func loadTest(t testing.TB) {
 	defer direct.Close()
 	uds := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, DirectExtProc: true, UnixSocket: true,
 		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64"}})
+	ledgered := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, DirectExtProc: true,
+		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64", "LEDGER_URL=sqlite://" + filepath.Join(t.TempDir(), "ledger.db")}})
 	// The same filter against a server that changes nothing: the ext_proc
 	// protocol's own cost, the floor under (c).
 	pass := testenv.StartPassthrough(t)
@@ -73,6 +76,7 @@ func loadTest(t testing.TB) {
 		{"(c) envoy+firewall", s.Envoy.URL(), map[string]int{"envoy": s.Envoy.PID(), "sidecar": s.Sidecar.PID(), "redis": s.Redis.PID()}},
 		{"(d) same, ext_proc on UDS", uds.Envoy.URL(), map[string]int{"envoy": uds.Envoy.PID(), "sidecar": uds.Sidecar.PID(), "redis": uds.Redis.PID()}},
 		{"(e) envoy+pass-through ext_proc", floor.URL(), map[string]int{"envoy": floor.PID(), "sidecar": pass.PID()}},
+		{"(f) (c) with the ledger", ledgered.Envoy.URL(), map[string]int{"envoy": ledgered.Envoy.PID(), "sidecar": ledgered.Sidecar.PID(), "redis": ledgered.Redis.PID()}},
 	}
 	scenarios := []struct {
 		name  string
@@ -88,7 +92,7 @@ func loadTest(t testing.TB) {
 	fmt.Fprintln(tw, "scenario\ttarget\treq/s\tTTFB p50 ms\tp90\tp99\ttotal p50 ms\tp99\tCPU ms/req envoy\tsidecar\tredis\tproxy total\tnon-200\t")
 	var ratios []string
 	for i, sc := range scenarios {
-		var rps, cpu, side, ttfb [5]float64
+		var rps, cpu, side, ttfb [6]float64
 		for j, tg := range targets {
 			cfg := loadgen.Config{URL: tg.url, Concurrency: sc.c, Duration: dur, PromptBytes: sc.kb << 10, Seed: uint64(1 + i),
 				Headers: map[string]string{"authorization": "Bearer " + testenv.ClientKey, "x-fake-words": "20", "x-user-id": fmt.Sprintf("load-%d", i)}}
@@ -126,6 +130,8 @@ func loadTest(t testing.TB) {
 			ratios = append(ratios, fmt.Sprintf("%s, %s:\treq/s ÷ (b) %.2f\tproxy CPU/req ÷ (b) %.1f×\t%s CPU %.2f ms/req\tadded TTFB p50 %.2f ms\t",
 				sc.name, targets[k].name[:3], rps[k]/rps[1], cpu[k]/cpu[1], who, side[k], ttfb[k]-ttfb[1]))
 		}
+		ratios = append(ratios, fmt.Sprintf("%s, (f):	ledger on ÷ off (c): sidecar CPU/req %+.1f %%	proxy CPU/req %+.1f %%	req/s %+.1f %%	",
+			sc.name, (side[5]/side[2]-1)*100, (cpu[5]/cpu[2]-1)*100, (rps[5]/rps[2]-1)*100))
 	}
 	tw.Flush()
 	out.WriteString("\n")

@@ -49,12 +49,16 @@ type Store interface {
 type Query struct {
 	Since, Until time.Time
 	By           string // user, group, provider, model, day
-	User         string // only this identity's records, when set
+	// Split, when set, splits each group again (a day's spend by model,
+	// for a chart); it takes the same names as By.
+	Split string
+	User  string // only this identity's records, when set
 }
 
 // Row is one group of a report.
 type Row struct {
 	Key              string `json:"key"`
+	Split            string `json:"split,omitempty"`
 	Requests         int64  `json:"requests"`
 	PromptTokens     int64  `json:"prompt_tokens"`
 	CompletionTokens int64  `json:"completion_tokens"`
@@ -83,35 +87,56 @@ type dialect struct {
 	group, groupKey string
 	param           func(n int) string // the nth placeholder
 	arg             func(t time.Time) any
+	count           string // how many requests a row of table is
+}
+
+// column is what a report groups by in d, and the FROM clause it needs.
+func (d dialect) column(by string) (key, from string, err error) {
+	switch by {
+	case "user":
+		return d.user, d.table, nil
+	case "provider", "model":
+		return by, d.table, nil
+	case "day":
+		return d.day, d.table, nil
+	case "group":
+		// A request counts once for each of its groups.
+		return d.groupKey, d.group, nil
+	}
+	return "", "", fmt.Errorf("report by %q: want one of %v", by, Groupings)
 }
 
 // reportSQL is the query of q in d, and its arguments.
 func reportSQL(q Query, d dialect) (string, []any, error) {
-	key, from := "", d.table
-	switch q.By {
-	case "user":
-		key = d.user
-	case "provider", "model":
-		key = q.By
-	case "day":
-		key = d.day
-	case "group":
-		// A request counts once for each of its groups.
-		key, from = d.groupKey, d.group
-	default:
-		return "", nil, fmt.Errorf("report by %q: want one of %v", q.By, Groupings)
+	key, from, err := d.column(q.By)
+	if err != nil {
+		return "", nil, err
+	}
+	// Columns: key, split, requests, prompt, completion, cost.
+	keys, order := key+", ''", "6 DESC, 1"
+	if q.By == "day" {
+		order = "1"
+	}
+	if q.Split != "" {
+		split, splitFrom, err := d.column(q.Split)
+		if err != nil {
+			return "", nil, err
+		}
+		if q.Split == q.By || (from != d.table && splitFrom != d.table) {
+			return "", nil, fmt.Errorf("report by %s split by %s: give two different groupings", q.By, q.Split)
+		}
+		if from == d.table {
+			from = splitFrom
+		}
+		keys, order = key+", "+split, "1, 6 DESC, 2"
 	}
 	where := d.time + " >= " + d.param(1) + " AND " + d.time + " < " + d.param(2)
 	args := []any{d.arg(q.Since), d.arg(q.Until)}
 	if q.User != "" {
 		where, args = where+" AND "+d.user+" = "+d.param(3), append(args, q.User)
 	}
-	order := "5 DESC, 1"
-	if q.By == "day" {
-		order = "1"
-	}
-	return `SELECT ` + key + `, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanos) FROM ` + from +
-		` WHERE ` + where + ` GROUP BY 1 ORDER BY ` + order, args, nil
+	return `SELECT ` + keys + `, ` + d.count + `, sum(prompt_tokens), sum(completion_tokens), sum(cost_nanos) FROM ` + from +
+		` WHERE ` + where + ` GROUP BY 1, 2 ORDER BY ` + order, args, nil
 }
 
 // rows are a report query's rows, from either driver.
@@ -125,7 +150,7 @@ func scanReport(rs rows) ([]Row, error) {
 	var out []Row
 	for rs.Next() {
 		var r Row
-		if err := rs.Scan(&r.Key, &r.Requests, &r.PromptTokens, &r.CompletionTokens, &r.CostNanos); err != nil {
+		if err := rs.Scan(&r.Key, &r.Split, &r.Requests, &r.PromptTokens, &r.CompletionTokens, &r.CostNanos); err != nil {
 			return nil, fmt.Errorf("ledger report: %w", err)
 		}
 		out = append(out, r)

@@ -58,10 +58,10 @@ func appendAndReport(t *testing.T, s Store) {
 	}
 	q := Query{Since: day.Add(-time.Hour), Until: day.Add(48 * time.Hour)}
 	for by, want := range map[string]string{
-		"user":  "[{alice 2 20 10 107} {bob 1 10 5 30}]",
-		"model": "[{gpt-4o 1 10 5 100} {gpt-4o-mini 2 20 10 37}]",
-		"group": "[{payments 2 20 10 130} {eng 1 10 5 100}]",
-		"day":   "[{2026-12-01 2 20 10 130} {2026-12-02 1 10 5 7}]",
+		"user":  "[{alice  2 20 10 107} {bob  1 10 5 30}]",
+		"model": "[{gpt-4o  1 10 5 100} {gpt-4o-mini  2 20 10 37}]",
+		"group": "[{payments  2 20 10 130} {eng  1 10 5 100}]",
+		"day":   "[{2026-12-01  2 20 10 130} {2026-12-02  1 10 5 7}]",
 	} {
 		q.By = by
 		got, err := s.Report(ctx, q)
@@ -70,15 +70,71 @@ func appendAndReport(t *testing.T, s Store) {
 		}
 	}
 	q.By, q.Until = "user", day.Add(23*time.Hour)
-	if got, _ := s.Report(ctx, q); fmt.Sprint(got) != "[{alice 1 10 5 100} {bob 1 10 5 30}]" {
+	if got, _ := s.Report(ctx, q); fmt.Sprint(got) != "[{alice  1 10 5 100} {bob  1 10 5 30}]" {
 		t.Errorf("a day's window: %v", got)
 	}
 	q = Query{Since: day.Add(-time.Hour), Until: day.Add(48 * time.Hour), By: "day", User: "alice"}
-	if got, _ := s.Report(ctx, q); fmt.Sprint(got) != "[{2026-12-01 1 10 5 100} {2026-12-02 1 10 5 7}]" {
+	if got, _ := s.Report(ctx, q); fmt.Sprint(got) != "[{2026-12-01  1 10 5 100} {2026-12-02  1 10 5 7}]" {
 		t.Errorf("alice's days: %v", got)
 	}
 	if _, err := s.Report(ctx, Query{By: "color"}); err == nil {
 		t.Error("an unknown grouping was taken")
+	}
+	whole := Query{Since: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), Until: time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)}
+	for q, want := range map[Query]string{
+		{By: "day", Split: "model"}:   "[{2026-12-01 gpt-4o 1 10 5 100} {2026-12-01 gpt-4o-mini 1 10 5 30} {2026-12-02 gpt-4o-mini 1 10 5 7}]",
+		{By: "day", Split: "group"}:   "[{2026-12-01 payments 2 20 10 130} {2026-12-01 eng 1 10 5 100}]",
+		{By: "group", Split: "model"}: "[{eng gpt-4o 1 10 5 100} {payments gpt-4o 1 10 5 100} {payments gpt-4o-mini 1 10 5 30}]",
+	} {
+		q.Since, q.Until = whole.Since, whole.Until
+		if got, err := s.Report(ctx, q); err != nil || fmt.Sprint(got) != want {
+			t.Errorf("by %s split by %s: %v %v, want %s", q.By, q.Split, got, err, want)
+		}
+	}
+	for _, bad := range []Query{{By: "day", Split: "day"}, {By: "group", Split: "group"}, {By: "day", Split: "color"}} {
+		if _, err := s.Report(ctx, bad); err == nil {
+			t.Errorf("by %s split by %s was taken", bad.By, bad.Split)
+		}
+	}
+	// Whole days and a millisecond short of them read different tables
+	// in SQLite (the daily sums, the records): the same answers.
+	for _, by := range Groupings {
+		for _, split := range append([]string{""}, Groupings...) {
+			q := whole
+			q.By, q.Split = by, split
+			a, errA := s.Report(ctx, q)
+			q.Until = q.Until.Add(-time.Millisecond)
+			b, errB := s.Report(ctx, q)
+			if fmt.Sprint(a, errA) != fmt.Sprint(b, errB) {
+				t.Errorf("by %s split by %s: whole days %v %v, records %v %v", by, split, a, errA, b, errB)
+			}
+		}
+	}
+}
+
+// A ledger file from before the daily sums gets them at open, from its records.
+func TestSQLiteSumsAnOldFile(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	if err := s.Append(ctx, []Record{record("r1", "alice", "gpt-4o", nil, 100, day), record("r2", "bob", "gpt-4o", nil, 30, day)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.ExecContext(ctx, "DROP TABLE daily; PRAGMA user_version = 0"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = OpenSQLite(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rows, err := s.Report(ctx, Query{Since: day.Truncate(24 * time.Hour), Until: day.Truncate(24*time.Hour).AddDate(0, 0, 1), By: "user"})
+	if err != nil || fmt.Sprint(rows) != "[{alice  1 10 5 100} {bob  1 10 5 30}]" {
+		t.Fatalf("after the upgrade: %v %v", rows, err)
 	}
 }
 

@@ -149,7 +149,8 @@ func (p *Postgres) partitions(ctx context.Context, rs []Record) error {
 var postgresDialect = dialect{table: "aifirewall_ledger", user: "user_id", time: "time",
 	day:   "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
 	group: "aifirewall_ledger, unnest(groups) AS g", groupKey: "g",
-	param: func(n int) string { return fmt.Sprintf("$%d", n) }, arg: func(t time.Time) any { return t.UTC() }}
+	param: func(n int) string { return fmt.Sprintf("$%d", n) }, arg: func(t time.Time) any { return t.UTC() },
+	count: "count(*)"}
 
 func (p *Postgres) Report(ctx context.Context, q Query) ([]Row, error) {
 	query, args, err := reportSQL(q, postgresDialect)

@@ -3,8 +3,6 @@ package operator
 import (
 	"context"
 	"encoding/json"
-	"slices"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -133,16 +131,9 @@ func (s *Server) GetReport(ctx context.Context, req *operatorv1.GetReportRequest
 	if s.Ledger == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this sidecar keeps no ledger: set LEDGER_URL")
 	}
-	q := ledger.Query{By: req.GetBy()}
-	var err error
-	if q.Since, err = time.Parse(time.DateOnly, req.GetSince()); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "since %q: want YYYY-MM-DD", req.GetSince())
-	}
-	if q.Until, err = time.Parse(time.DateOnly, req.GetUntil()); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "until %q: want YYYY-MM-DD", req.GetUntil())
-	}
-	if !slices.Contains(ledger.Groupings, q.By) {
-		return nil, status.Errorf(codes.InvalidArgument, "by %q: want one of %v", q.By, ledger.Groupings)
+	q, err := ledger.ParseQuery(req.GetSince(), req.GetUntil(), req.GetBy())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	rows, err := s.Ledger.Report(ctx, q)
 	if err != nil {

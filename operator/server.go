@@ -9,6 +9,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"log/slog"
+	"net/http"
 	"regexp"
 	"sort"
 	"strings"
@@ -211,4 +212,21 @@ func (s *Server) RevokeKey(ctx context.Context, req *operatorv1.RevokeKeyRequest
 	}
 	s.Log.Info("operator revoked a key", "sha256", sha)
 	return &operatorv1.RevokeKeyResponse{}, nil
+}
+
+// HTTPServer serves gRPC calls with gs and everything else (the
+// dashboard) with web, on one port: HTTP/1.1, and HTTP/2 without TLS as
+// gRPC clients speak it.
+func HTTPServer(gs *grpc.Server, web http.Handler) *http.Server {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{Protocols: &p, ReadHeaderTimeout: 10 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+				gs.ServeHTTP(w, r)
+				return
+			}
+			web.ServeHTTP(w, r)
+		})}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/budgets"
 	"github.com/aifirewall/aifirewall/config"
+	"github.com/aifirewall/aifirewall/dashboard"
 	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/internal/envoydrain"
 	"github.com/aifirewall/aifirewall/internal/mtls"
@@ -131,7 +132,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		defer ops.Stop()
+		defer ops.Close()
 	} else {
 		log.Info("operator API off: set ADMIN_TOKEN to serve it")
 	}
@@ -256,8 +257,9 @@ func startSettler(cfg *config.Config, store billing.Store, log *slog.Logger) (*b
 	return settler, func() { cancel(); settler.Close() }, nil
 }
 
-// operatorServer serves the operator API on OPERATOR_ADDR.
-func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeyStore, budgetSrc *budgets.Source, history processor.Reporter, log *slog.Logger) (*grpc.Server, error) {
+// operatorServer serves the operator API (gRPC) and the dashboard (HTTP)
+// on OPERATOR_ADDR.
+func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeyStore, budgetSrc *budgets.Source, history processor.Reporter, log *slog.Logger) (*http.Server, error) {
 	lis, err := net.Listen("tcp", cfg.OperatorAddr)
 	if err != nil {
 		return nil, fmt.Errorf("OPERATOR_ADDR: %w", err)
@@ -266,21 +268,23 @@ func operatorServer(cfg *config.Config, store billing.Store, keys billing.KeySto
 	gs := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
 	srv := &operator.Server{Store: store, Keys: keys, Limit: cfg.Limit, Location: cfg.Location, Log: log, Now: time.Now,
 		Budgets: budgetSrc, Defs: budgetSrc.Defs}
+	var reports dashboard.Reporter
 	if history != nil {
-		srv.Ledger = history
+		srv.Ledger, reports = history, history
 	}
 	if cfg.IdentityMode == "mesh" {
 		srv.KeyWarning = "this gateway runs with IDENTITY_MODE=mesh, which accepts no API keys: the key is stored, " +
 			"but requests with it get 401 until IDENTITY_MODE is shared (the default) or keys"
 	}
 	srv.Register(gs)
+	hs := operator.HTTPServer(gs, dashboard.New(cfg.AdminToken, srv, reports, time.Now, log))
 	go func() {
-		if err := gs.Serve(lis); err != nil {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("operator API stopped", "err", err)
 		}
 	}()
-	log.Info("operator API serving", "addr", lis.Addr().String())
-	return gs, nil
+	log.Info("operator API and dashboard serving", "addr", lis.Addr().String(), "dashboard", "/dashboard/")
+	return hs, nil
 }
 
 // authenticator builds the identity mode of the configuration.
