@@ -20,6 +20,15 @@ type Price struct {
 	CacheRead  Nanos // prompt tokens read from the provider's cache
 	CacheWrite Nanos // prompt tokens written to the cache (Anthropic)
 	Reasoning  Nanos // reasoning tokens; 0 means "at the output price"
+	// MaxOutput is the model's output limit in tokens (0: unknown): what
+	// a request without max_tokens may generate at most.
+	MaxOutput int64
+}
+
+// SameRates reports whether p and q price every kind of token alike.
+func (p Price) SameRates(q Price) bool {
+	p.MaxOutput, q.MaxOutput = 0, 0
+	return p == q
 }
 
 // Cost prices u. A provider-reported cost (OpenRouter's usage.cost) wins,
@@ -104,6 +113,7 @@ type priceRow struct {
 	Reasoning  *float64 `json:"output_cost_per_reasoning_token"`
 	CacheRead  *float64 `json:"cache_read_input_token_cost"`
 	CacheWrite *float64 `json:"cache_creation_input_token_cost"`
+	MaxOutput  *float64 `json:"max_output_tokens"`
 }
 
 func merge(layer map[string]Price, raw []byte) error {
@@ -139,6 +149,9 @@ func (r priceRow) price() (Price, error) {
 			return p, err
 		}
 		*f.dst = n
+	}
+	if r.MaxOutput != nil && *r.MaxOutput >= 1 && *r.MaxOutput <= 1<<30 {
+		p.MaxOutput = int64(*r.MaxOutput)
 	}
 	return p, nil
 }
@@ -237,7 +250,7 @@ func (t *Prices) Ceiling() Price {
 			for _, p := range layer {
 				c.Input, c.Output = max(c.Input, p.Input), max(c.Output, p.Output)
 				c.CacheRead, c.CacheWrite = max(c.CacheRead, p.CacheRead), max(c.CacheWrite, p.CacheWrite)
-				c.Reasoning = max(c.Reasoning, p.Reasoning)
+				c.Reasoning, c.MaxOutput = max(c.Reasoning, p.Reasoning), max(c.MaxOutput, p.MaxOutput)
 			}
 		}
 		t.ceiling = c

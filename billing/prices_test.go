@@ -20,10 +20,11 @@ func TestLookupResolvesProviderIds(t *testing.T) {
 	p := loadPrices(t, "")
 	cases := map[string]Price{
 		// Values from ../shared/data/model_prices.json, in nano-dollars per token.
-		"gpt-4o-mini":                 {Input: 150, Output: 600, CacheRead: 75},
-		"openai/gpt-4o-mini":          {Input: 150, Output: 600, CacheRead: 75},
-		"claude-sonnet-4-5":           {Input: 3000, Output: 15000, CacheRead: 300, CacheWrite: 3750},
-		"anthropic/claude-sonnet-4.5": {Input: 3000, Output: 15000, CacheRead: 300, CacheWrite: 3750},
+		// MaxOutput is max_output_tokens there.
+		"gpt-4o-mini":                 {Input: 150, Output: 600, CacheRead: 75, MaxOutput: 16384},
+		"openai/gpt-4o-mini":          {Input: 150, Output: 600, CacheRead: 75, MaxOutput: 16384},
+		"claude-sonnet-4-5":           {Input: 3000, Output: 15000, CacheRead: 300, CacheWrite: 3750, MaxOutput: 64000},
+		"anthropic/claude-sonnet-4.5": {Input: 3000, Output: 15000, CacheRead: 300, CacheWrite: 3750, MaxOutput: 1_000_000},
 		"text-embedding-3-small":      {Input: 20},
 	}
 	for model, want := range cases {

@@ -44,7 +44,7 @@ func (r *request) billedModel() string {
 	if !known {
 		return asked
 	}
-	if pa, _ := r.prices().Lookup(asked); pa != pr {
+	if pa, _ := r.prices().Lookup(asked); !pa.SameRates(pr) {
 		r.s.metrics.modelSwap()
 		r.log.Warn("the provider answered with another model at another price; billed at the model it ran",
 			"requested_model", asked, "answered_model", ran)

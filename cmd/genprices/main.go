@@ -22,6 +22,7 @@ var (
 		"litellm_provider", "mode",
 		"input_cost_per_token", "output_cost_per_token", "output_cost_per_reasoning_token",
 		"cache_read_input_token_cost", "cache_creation_input_token_cost",
+		"max_output_tokens", // bounds the reservation of a request without max_tokens
 	}
 )
 
