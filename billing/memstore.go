@@ -72,15 +72,42 @@ func (m *MemStore) Admit(_ context.Context, a Admission) (Budget, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	b, rs := m.budget(a.User, a.Day, a.Buckets, a.Limit)
-	if _, dup := rs[a.RequestID]; dup {
-		b.Admitted = true
+	if r, dup := rs[a.RequestID]; dup {
+		b.Admitted, b.Held = true, r.amount
 		return b, nil
 	}
 	if b.Spent+b.Reserved >= b.Limit {
 		return b, nil
 	}
-	rs[a.RequestID] = reservation{amount: a.Amount, expires: m.now().Add(a.TTL)}
-	b.Admitted, b.Reserved = true, b.Reserved+a.Amount
+	amount := a.Amount
+	if a.Ceiling > amount {
+		amount = max(amount, min(a.Ceiling, (b.Limit-b.Spent-b.Reserved)/2))
+	}
+	rs[a.RequestID] = reservation{amount: amount, expires: m.now().Add(a.TTL)}
+	b.Admitted, b.Reserved, b.Held = true, b.Reserved+amount, amount
+	return b, nil
+}
+
+func (m *MemStore) Extend(_ context.Context, a Admission) (Budget, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, rs := m.budget(a.User, a.Day, a.Buckets, a.Limit)
+	r, ok := rs[a.RequestID]
+	if !ok {
+		return b, nil
+	}
+	free := b.Limit - b.Spent - b.Reserved
+	if free > 0 && a.Ceiling > r.amount {
+		add := free
+		if len(rs) > 1 {
+			add = max(min(a.Amount, free), free/2)
+		}
+		add = min(add, a.Ceiling-r.amount)
+		r.amount += add
+		rs[a.RequestID] = r
+		b.Reserved += add
+	}
+	b.Admitted, b.Held = true, r.amount
 	return b, nil
 }
 

@@ -183,7 +183,12 @@ func redactURL(u string) string {
 // budgetScript purges expired reservations (in batches: Lua's unpack takes
 // a few thousand values at most), reads the day, and with ARGV[5] ==
 // "admit" reserves ARGV[2] for request ARGV[1] when spent + reserved <
-// limit. The total reserved is kept in KEYS[5] beside the reservations, so
+// limit: ARGV[2], or with a ceiling ARGV[7] above it, half of what is
+// free up to that ceiling (a stream that may be cut off reserves its room;
+// see Admission.Ceiling); with "extend", it grows request ARGV[1]'s
+// reservation by what is free: all of it when no other request holds one,
+// else ARGV[2] or half of it, whichever is more, never past the ceiling
+// (see Store.Extend). The total reserved is kept in KEYS[5] beside the reservations, so
 // a check costs the same with ten open reservations or ten thousand; a day
 // written before that key existed gets it summed once. The clock is
 // Redis's, shared by all sidecars. Amounts stay below 2^53 nano-dollars,
@@ -210,16 +215,39 @@ redis.call('SET', KEYS[5], reserved, 'EX', ARGV[6])
 local limit = tonumber(redis.call('GET', KEYS[4]) or ARGV[3])
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 for i = 6, #KEYS do spent = spent + tonumber(redis.call('GET', KEYS[i]) or '0') end
-if ARGV[5] ~= 'admit' then return {0, limit, spent, reserved} end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {1, limit, spent, reserved} end
-if spent + reserved >= limit then return {0, limit, spent, reserved} end
+if ARGV[5] == 'extend' then
+  local held = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+  if held < 0 then return {0, limit, spent, reserved, 0} end
+  local free = limit - spent - reserved
+  local ceiling = tonumber(ARGV[7])
+  local add = 0
+  if free > 0 and ceiling > held then
+    if redis.call('HLEN', KEYS[2]) == 1 then
+      add = free
+    else
+      add = math.max(math.min(tonumber(ARGV[2]), free), math.floor(free / 2))
+    end
+    add = math.min(add, ceiling - held)
+    redis.call('HSET', KEYS[2], ARGV[1], held + add)
+    redis.call('SET', KEYS[5], reserved + add, 'EX', ARGV[6])
+  end
+  return {1, limit, spent, reserved + add, held + add}
+end
+if ARGV[5] ~= 'admit' then return {0, limit, spent, reserved, 0} end
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then return {1, limit, spent, reserved, tonumber(held)} end
+if spent + reserved >= limit then return {0, limit, spent, reserved, 0} end
 local amount = tonumber(ARGV[2])
+local ceiling = tonumber(ARGV[7])
+if ceiling > amount then
+  amount = math.max(amount, math.min(ceiling, math.floor((limit - spent - reserved) / 2)))
+end
 redis.call('HSET', KEYS[2], ARGV[1], amount)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('SET', KEYS[5], reserved + amount, 'EX', ARGV[6])
-return {1, limit, spent, reserved + amount}`)
+return {1, limit, spent, reserved + amount, amount}`)
 
 // renewScript moves a live reservation's expiry to now + ARGV[2] ms. XX:
 // a reservation settled (or purged) meanwhile is not recreated.
@@ -249,7 +277,7 @@ end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 return 0`)
 
-func (r *RedisStore) run(ctx context.Context, user, day string, buckets []string, id string, amount, limit Nanos, ttl time.Duration, mode string) (Budget, error) {
+func (r *RedisStore) run(ctx context.Context, user, day string, buckets []string, id string, amount, ceiling, limit Nanos, ttl time.Duration, mode string) (Budget, error) {
 	spend := day
 	if len(buckets) > 0 {
 		spend = buckets[0]
@@ -261,20 +289,28 @@ func (r *RedisStore) run(ctx context.Context, user, day string, buckets []string
 		keys = append(keys, BudgetKey(user, b))
 	}
 	res, err := budgetScript.Run(ctx, r.rdb, keys, id, int64(amount), int64(limit), ttl.Milliseconds(), mode,
-		int64(keyTTL.Seconds())).Int64Slice()
+		int64(keyTTL.Seconds()), int64(ceiling)).Int64Slice()
 	if err != nil {
 		return Budget{}, err
 	}
-	if len(res) != 4 {
+	if len(res) != 5 {
 		return Budget{}, fmt.Errorf("budget script returned %d values", len(res))
 	}
-	return Budget{Admitted: res[0] == 1, Limit: Nanos(res[1]), Spent: Nanos(res[2]), Reserved: Nanos(res[3])}, nil
+	return Budget{Admitted: res[0] == 1, Limit: Nanos(res[1]), Spent: Nanos(res[2]), Reserved: Nanos(res[3]), Held: Nanos(res[4])}, nil
 }
 
 func (r *RedisStore) Admit(ctx context.Context, a Admission) (Budget, error) {
-	b, err := r.run(ctx, a.User, a.Day, a.Buckets, a.RequestID, a.Amount, a.Limit, a.TTL, "admit")
+	b, err := r.run(ctx, a.User, a.Day, a.Buckets, a.RequestID, a.Amount, a.Ceiling, a.Limit, a.TTL, "admit")
 	if err != nil {
 		return b, fmt.Errorf("admit %s: %w", a.RequestID, err)
+	}
+	return b, nil
+}
+
+func (r *RedisStore) Extend(ctx context.Context, a Admission) (Budget, error) {
+	b, err := r.run(ctx, a.User, a.Day, a.Buckets, a.RequestID, a.Amount, a.Ceiling, a.Limit, a.TTL, "extend")
+	if err != nil {
+		return b, fmt.Errorf("extend %s: %w", a.RequestID, err)
 	}
 	return b, nil
 }
@@ -284,7 +320,7 @@ func (r *RedisStore) Budget(ctx context.Context, user, day string, limit Nanos) 
 }
 
 func (r *RedisStore) Window(ctx context.Context, user, day string, buckets []string, limit Nanos) (Budget, error) {
-	b, err := r.run(ctx, user, day, buckets, "", 0, limit, 0, "read")
+	b, err := r.run(ctx, user, day, buckets, "", 0, 0, limit, 0, "read")
 	if err != nil {
 		return b, fmt.Errorf("read budget: %w", err)
 	}

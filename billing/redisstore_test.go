@@ -356,3 +356,60 @@ func TestRedisReservedTotalMatchesReservations(t *testing.T) {
 	}
 	check("after a settlement")
 }
+
+// A reservation with a ceiling takes half of what is free, up to the
+// ceiling and at least the amount; the rooms of concurrent admissions sum
+// to no more than what was free.
+func TestStoreCeilingReservesHalfOfWhatIsFree(t *testing.T) {
+	ctx := context.Background()
+	for name, s := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			adm := func(id string, amount, ceiling Nanos) Budget {
+				b, err := s.Admit(ctx, Admission{User: "dave", Day: "d", RequestID: id, Amount: amount, Ceiling: ceiling, Limit: 1000, TTL: time.Minute})
+				if err != nil || !b.Admitted {
+					t.Fatalf("%s: %+v %v", id, b, err)
+				}
+				return b
+			}
+			for _, c := range []struct {
+				id              string
+				amount, ceiling Nanos
+				held, room      Nanos
+			}{
+				{"a", 10, 2000, 500, 500}, // half of 1000
+				{"b", 10, 100, 100, 100},  // the ceiling
+				{"c", 10, 0, 10, 10},      // no ceiling: the amount
+				{"d", 300, 900, 300, 300}, // half of 390 is less than the amount
+				{"e", 10, 900, 45, 45},    // half of 90
+				{"f", 100, 900, 100, 45},  // 45 free: reserved 100, room 45
+			} {
+				b := adm(c.id, c.amount, c.ceiling)
+				if b.Held != c.held || b.Room() != c.room {
+					t.Errorf("%s: held %d room %d, want %d and %d", c.id, b.Held, b.Room(), c.held, c.room)
+				}
+			}
+			if b := adm("a", 10, 2000); b.Held != 500 { // admitted again: the same reservation
+				t.Errorf("a again: held %d", b.Held)
+			}
+
+			// Concurrent: the rooms never sum past the limit.
+			var rooms atomic.Int64
+			var wg sync.WaitGroup
+			for i := range 50 {
+				wg.Go(func() {
+					b, err := s.Admit(ctx, Admission{User: "erin", Day: "d", RequestID: fmt.Sprint(i), Amount: 1, Ceiling: 1 << 40, Limit: 1_000_000, TTL: time.Minute})
+					if err != nil {
+						t.Error(err)
+					}
+					if b.Admitted {
+						rooms.Add(int64(b.Room()))
+					}
+				})
+			}
+			wg.Wait()
+			if r := rooms.Load(); r > 1_000_000 || r < 999_000 {
+				t.Fatalf("the rooms sum to %d of 1,000,000", r)
+			}
+		})
+	}
+}

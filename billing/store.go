@@ -22,6 +22,13 @@ type Store interface {
 	// spend, unless the request was settled before; it reports whether it
 	// added anything.
 	Settle(ctx context.Context, s Settlement) (applied bool, err error)
+	// Extend grows the reservation of an admitted request (a.RequestID)
+	// up to a.Ceiling, by what is free (limit - spent - reserved): all of
+	// it when no other request holds a reservation there, else a.Amount
+	// or half of it, whichever is more. The Budget it returns holds the
+	// new reservation (Held); Admitted is false when the request holds
+	// none (settled, or expired).
+	Extend(ctx context.Context, a Admission) (Budget, error)
 	// Renew extends the reservations of requests still running to the
 	// store's now + ttl, so that only a dead sidecar's reservations expire.
 	// A reservation already settled, or purged, is not brought back.
@@ -45,6 +52,12 @@ type Store interface {
 type Admission struct {
 	User, Day, RequestID string
 	Amount               Nanos // estimated cost, reserved while the request runs
+	// Ceiling, when above Amount, makes the reservation half of what is
+	// free (limit - spent - reserved) up to Ceiling, and never less than
+	// Amount: the room of a stream that is cut off when it would pass
+	// it. Halving what is free leaves room for the streams after it, and
+	// keeps spent + every open reservation within the limit.
+	Ceiling Nanos
 	Limit                Nanos // the user's limit unless an operator override exists
 	TTL                  time.Duration
 	// Buckets, when set, make the budget a rolling window: its spend is
@@ -64,6 +77,13 @@ type Budget struct {
 	Limit    Nanos // the limit in force
 	Spent    Nanos // settled spend
 	Reserved Nanos // open reservations, this request's included when admitted
+	Held     Nanos // Admit only: this request's reservation
+}
+
+// Room is what an admitted request may spend before it passes the limit:
+// its own reservation, or less when that already passes the limit.
+func (b Budget) Room() Nanos {
+	return max(0, min(b.Held, b.Limit-b.Spent-(b.Reserved-b.Held)))
 }
 
 // Remaining is what is left of the limit after spend and reservations.

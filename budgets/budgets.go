@@ -44,6 +44,10 @@ type Budget struct {
 	Action   string `yaml:"action"` // block (default) or audit
 	// Warn: utilisation percentages at which answers carry a warning.
 	Warn []int `yaml:"warn"`
+	// Cutoff false lets a stream this budget has no room for finish (the
+	// budget then overshoots by up to one request); absent or true, the
+	// stream is ended when it would pass the budget.
+	Cutoff *bool `yaml:"cutoff"`
 
 	Limit billing.Nanos `yaml:"-"`
 }
@@ -195,6 +199,10 @@ func (b *Budget) check(at string, fail strictyaml.Fail) error {
 
 // Audit says whether the budget only warns.
 func (b *Budget) Audit() bool { return b.Action == "audit" }
+
+// CutsOff says whether a stream is ended when it would pass the budget:
+// a blocking budget, unless it sets cutoff: false.
+func (b *Budget) CutsOff() bool { return !b.Audit() && (b.Cutoff == nil || *b.Cutoff) }
 
 // Matches says whether a request of user (a member of groups) to provider
 // for model counts against b. A budget naming neither identities nor

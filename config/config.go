@@ -87,6 +87,11 @@ type Config struct {
 	LedgerURL     string `env:"LEDGER_URL"`
 	SpoolMax      int    `env:"SPOOL_MAX" envDefault:"100000"`
 	DefaultOutput int64  `env:"DEFAULT_OUTPUT_TOKENS" envDefault:"1024"`
+	// STREAM_CUTOFF: a stream that would pass the daily budget is ended
+	// (its room reserved at admission), and a request that is not
+	// streamed reserves its whole output bound. Off: the daily budget
+	// may be passed by one request, as budgets with cutoff: false.
+	StreamCutoff bool `env:"STREAM_CUTOFF" envDefault:"true"`
 	// Identity: "shared" (INTERNAL_API_KEY, user from x-user-id / body),
 	// "keys" (per-user keys in KEYS_FILE) or "mesh" (SPIFFE ID of the
 	// client certificate) or "jwt" (a token of the identity provider, as

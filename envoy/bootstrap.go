@@ -335,7 +335,7 @@ func accessLogFields() *structpb.Struct {
 		"bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%", "upstream": "%UPSTREAM_HOST%",
 		"response_flags": "%RESPONSE_FLAGS%",
 	}
-	for _, k := range []string{"decision", "user", "provider", "model", "prompt_tokens", "completion_tokens", "cost_usd"} {
+	for _, k := range []string{"decision", "user", "provider", "model", "prompt_tokens", "completion_tokens", "cost_usd", "billed_from", "cutoff"} {
 		fields["aifirewall_"+k] = "%DYNAMIC_METADATA(aifirewall:" + k + ")%"
 	}
 	st, _ := structpb.NewStruct(fields)

@@ -148,11 +148,15 @@ func (r *request) deny(decision string, e *apiError) *extprocv3.ProcessingRespon
 // Envoy's access log.
 func (r *request) withBill(resp *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	if r.settled {
-		resp.DynamicMetadata = metadata(map[string]any{
+		fields := map[string]any{
 			"user": r.user, "model": r.req.Model,
 			"prompt_tokens": r.usage.PromptTokens(), "completion_tokens": r.usage.CompletionTokens(),
 			"cost_usd": r.cost.Decimal(),
-		})
+		}
+		if r.cut {
+			fields["billed_from"], fields["cutoff"] = "local_count", r.roomOf
+		}
+		resp.DynamicMetadata = metadata(fields)
 	}
 	return resp
 }

@@ -33,7 +33,7 @@ type charge struct {
 // whatever the concurrency. A request refused by a later budget briefly
 // holds room on the earlier ones: others may be refused for it, never
 // admitted past a limit.
-func (r *request) admitBudgets(ctx context.Context, now time.Time, estimate billing.Nanos) *apiError {
+func (r *request) admitBudgets(ctx context.Context, now time.Time, estimate, bound billing.Nanos) *apiError {
 	if r.s.cfg.Budgets == nil {
 		return nil
 	}
@@ -49,9 +49,10 @@ func (r *request) admitBudgets(ctx context.Context, now time.Time, estimate bill
 		c := charge{b: b, counter: b.Counter(r.user)}
 		c.period, c.reset = b.Window.Period(now, r.s.cfg.Location)
 		c.buckets = b.Window.Buckets(now)
+		amount, ceiling := r.reservation(r.req, estimate, bound, b.CutsOff())
 		sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
 		bud, err := r.s.store.Admit(sctx, billing.Admission{User: c.counter, Day: c.period, RequestID: r.id,
-			Amount: estimate, Limit: b.Limit, TTL: r.s.cfg.ReservationTTL, Buckets: c.buckets})
+			Amount: amount, Ceiling: ceiling, Limit: b.Limit, TTL: r.s.cfg.ReservationTTL, Buckets: c.buckets})
 		cancel()
 		if err != nil && r.s.cfg.FailOpen {
 			r.s.metrics.storeError("admit")
@@ -75,6 +76,9 @@ func (r *request) admitBudgets(ctx context.Context, now time.Time, estimate bill
 		if !bud.Admitted {
 			r.log.Warn("over an audit budget; admitted", "budget", b.Name, "period", c.period, "spent_nanos", int64(bud.Spent))
 			r.s.metrics.overAuditBudget(b.Name)
+		}
+		if bud.Admitted && b.CutsOff() && r.req.Stream {
+			r.addRoom(room{name: b.Name, user: c.counter, day: c.period, buckets: c.buckets, limit: b.Limit}, bud)
 		}
 		r.charges = append(r.charges, c)
 	}

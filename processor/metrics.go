@@ -26,6 +26,7 @@ type Metrics struct {
 	userCost    *prometheus.CounterVec // nil unless per-user series are enabled
 	budgetCost  *prometheus.CounterVec // by budget of the budgets file
 	auditOver   *prometheus.CounterVec
+	cutoffs     *prometheus.CounterVec
 	budgetUse   *prometheus.GaugeVec
 }
 
@@ -91,13 +92,16 @@ func NewMetrics(reg prometheus.Registerer, perUser bool) *Metrics {
 	m.auditOver = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "aifirewall_budget_audit_exceeded_total", Help: "Requests admitted past the limit of an audit budget.",
 	}, []string{"budget"})
+	m.cutoffs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "aifirewall_stream_cutoffs_total", Help: "Streams ended when they would pass a budget (\"daily\": the default one).",
+	}, []string{"budget"})
 	// As this sidecar's last admission found it, for the budgets one
 	// counter holds (not per: user); across sidecars, take the max.
 	m.budgetUse = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "aifirewall_budget_utilisation_ratio", Help: "Spent and reserved over the limit of each shared budget of the budgets file, at this sidecar's last admission.",
 	}, []string{"budget"})
 	reg.MustRegister(m.requests, m.tokens, m.cost, m.unpriced, m.phase, m.storeErrors, m.open, m.streams, m.distrust, m.swaps, m.panics,
-		m.budgetCost, m.auditOver, m.budgetUse)
+		m.budgetCost, m.auditOver, m.budgetUse, m.cutoffs)
 	if perUser {
 		m.userCost = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aifirewall_user_cost_usd_total", Help: "Spend billed, in USD, by user (METRICS_PER_USER).",
@@ -184,6 +188,12 @@ func (m *Metrics) budgetUsed(budget string, b billing.Budget) {
 func (m *Metrics) overAuditBudget(budget string) {
 	if m != nil {
 		m.auditOver.WithLabelValues(budget).Inc()
+	}
+}
+
+func (m *Metrics) cutoff(budget string) {
+	if m != nil {
+		m.cutoffs.WithLabelValues(budget).Inc()
 	}
 }
 

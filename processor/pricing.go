@@ -21,6 +21,11 @@ func (r *request) estimateCost(req *provider.Request) billing.Nanos {
 // price meters the response and prices it.
 func (r *request) price() (billing.Usage, billing.Nanos) {
 	u := r.meter.Usage()
+	if r.cut {
+		// The provider's usage report is not coming: the local count of
+		// what passed.
+		u = r.meter.Counted()
+	}
 	model := r.billedModel()
 	_, priced := r.prices().Lookup(model)
 	cost := min(r.prices().For(model).Cost(u), billing.MaxCharge)

@@ -50,6 +50,18 @@ type request struct {
 	charges    []charge       // the budgets of the budgets file it counts against
 	panicked   bool           // a panic ended the request: settle at the estimate
 
+	// The stream cut-off (cutoff.go).
+	cutting    bool          // the stream is ended when its cost passes room
+	rooms      []room        // each budget's room for it
+	room       billing.Nanos // what it may spend: the least of rooms
+	roomOf     string        // that budget's name ("daily": the default one)
+	bound      billing.Nanos // the most it can cost: the reservations' ceiling
+	cut        bool          // it passed room: nothing more passes
+	cutSent    bool          // the error event went out: the next chunk resets
+	runPrice   billing.Price // the answering model's, for the running cost
+	priceModel string
+	priced     bool
+
 	meter     provider.Meter
 	status    int
 	sse       bool
@@ -205,10 +217,11 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 	if r.caller.Limit > 0 {
 		limit = r.caller.Limit
 	}
-	estimate := r.estimateCost(req)
+	estimate, bound := r.estimateCost(req), r.boundCost(req)
+	amount, ceiling := r.reservation(req, estimate, bound, r.s.cfg.Cutoff)
 	sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
 	bud, err := r.s.store.Admit(sctx, billing.Admission{User: r.user, Day: r.day, RequestID: r.id,
-		Amount: estimate, Limit: limit, TTL: r.s.cfg.ReservationTTL})
+		Amount: amount, Ceiling: ceiling, Limit: limit, TTL: r.s.cfg.ReservationTTL})
 	cancel()
 	if err != nil && r.s.cfg.FailOpen {
 		// Fail open: forward unchecked; the settlement lands (or is
@@ -229,7 +242,11 @@ func (r *request) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extpr
 		r.log.Info("over budget", "spent_nanos", int64(bud.Spent), "reserved_nanos", int64(bud.Reserved))
 		return r.deny(decisionOverBudget, overBudget(bud, reset, now))
 	}
-	if e := r.admitBudgets(ctx, now, estimate); e != nil {
+	r.bound = bound
+	if r.s.cfg.Cutoff && req.Stream {
+		r.addRoom(room{name: "daily", user: r.user, day: r.day, limit: limit}, bud)
+	}
+	if e := r.admitBudgets(ctx, now, estimate, bound); e != nil {
 		if e.status == 402 {
 			return r.deny(decisionOverBudget, e)
 		}
@@ -257,7 +274,9 @@ func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processin
 	hm := h.GetHeaders()
 	r.status = statusOf(hm)
 	r.sse = strings.HasPrefix(headerValue(hm, "content-type"), "text/event-stream")
+	r.cutting = r.cutting && r.sse
 	if r.req != nil && r.billable() {
+		r.req.Running = r.cutting
 		r.meter = r.route.Endpoint.NewMeter(r.req, r.s.tk)
 	}
 	mut := &extprocv3.HeaderMutation{}
@@ -291,6 +310,9 @@ func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processin
 // client did not ask for must be cut out of the chunk before it goes on.
 func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, func()) {
 	chunk, eos := b.GetBody(), b.GetEndOfStream()
+	if r.cutSent {
+		return r.afterCut(), nil
+	}
 	if r.meter == nil {
 		r.ended = r.ended || eos
 		return responseBody(nil), nil
@@ -300,8 +322,13 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 		chunk = r.inflate(chunk, eos)
 		replaced = append([]byte{}, chunk...)
 	}
-	if r.sse && r.req.UsageInjected {
+	if r.sse && (r.req.UsageInjected || r.cutting) {
+		// Metered before it is answered: usage the client did not ask
+		// for is cut out, and a stream past its room is ended.
 		out := r.meterSSE(chunk, eos, true)
+		if r.cut {
+			return r.endStream(out), nil
+		}
 		r.afterChunk(eos)
 		if r.gz == nil && bytes.Equal(out, chunk) {
 			out = nil // nothing cut or held: Envoy passes its own bytes on

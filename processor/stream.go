@@ -46,10 +46,10 @@ func (r *request) meterSSE(chunk []byte, eos, strip bool) []byte {
 		}
 		start = end
 	}
-	r.parser.Feed(chunk, func(ev sse.Event) { emit(prev+ev.End, r.meter.Event(ev)) })
+	r.parser.Feed(chunk, func(ev sse.Event) { emit(prev+ev.End, r.event(ev)) })
 	if eos {
 		drop := false
-		r.parser.Flush(func(ev sse.Event) { drop = r.meter.Event(ev) })
+		r.parser.Flush(func(ev sse.Event) { drop = r.event(ev) })
 		emit(len(r.held), drop)
 		r.held = nil
 		return out

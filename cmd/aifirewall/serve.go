@@ -87,7 +87,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	proc := processor.New(processor.Config{
 		Auth: auth, Upstream: cfg.Provider, UpstreamKey: upstreamKey, Upstreams: ups, Policy: policy(cfg), SendKeys: cfg.ProviderKeysInExtProc,
 		DailyLimit: cfg.Limit, Location: cfg.Location, StoreTimeout: cfg.RedisTimeout,
-		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput,
+		ReservationTTL: cfg.ReservationTTL, DefaultOutputTokens: cfg.DefaultOutput, Cutoff: cfg.StreamCutoff,
 		Settler: settler, FailOpen: cfg.FailMode == "open", Budgets: &budgetSrc.Current, Ledger: rec, History: history,
 	}, store, prices, tk, log, nil).WithMetrics(processor.NewMetrics(prometheus.DefaultRegisterer, cfg.MetricsPerUser))
 

@@ -74,7 +74,7 @@ func anthropicText(c gjson.Result) string {
 }
 
 func (Messages) NewMeter(req *Request, tk *billing.Tokenizer) Meter {
-	return &messagesMeter{req: req, out: tally{tk: tk, model: req.Model}}
+	return &messagesMeter{req: req, out: newTally(tk, req)}
 }
 
 type messagesMeter struct {
@@ -161,4 +161,11 @@ func (m *messagesMeter) Usage() billing.Usage {
 		u.Output = max(u.Output, m.out.total())
 	}
 	return u
+}
+
+func (m *messagesMeter) Counted() billing.Usage { return counted(m.req, &m.out) }
+
+// StreamError is Anthropic's error event, with the type of its 402.
+func (Messages) StreamError(message string) []byte {
+	return sseEvent("error", map[string]any{"type": "error", "error": map[string]any{"type": "billing_error", "message": message}})
 }

@@ -107,7 +107,7 @@ func includeUsage(root object) (bool, error) {
 }
 
 func (c Chat) NewMeter(req *Request, tk *billing.Tokenizer) Meter {
-	return &chatMeter{req: req, openRouter: c.OpenRouterCost, out: tally{tk: tk, model: req.Model}}
+	return &chatMeter{req: req, openRouter: c.OpenRouterCost, out: newTally(tk, req)}
 }
 
 type chatMeter struct {
@@ -291,4 +291,12 @@ func intField(root object, name string, lo, hi int64) (int64, error) {
 		return 0, badRequest(name, "'%s' must be an integer from %d to %d", name, lo, hi)
 	}
 	return n, nil
+}
+
+func (m *chatMeter) Counted() billing.Usage { return counted(m.req, &m.out) }
+
+// StreamError is a data event with an error object, the shape OpenAI's SDKs
+// raise from a stream; no [DONE] follows.
+func (Chat) StreamError(message string) []byte {
+	return sseEvent("", map[string]any{"error": budgetError(message)})
 }

@@ -73,6 +73,7 @@ func (c corpusCase) body(t testing.TB) []byte {
 
 // meter runs the response through a fresh meter, cut at cuts, the way the
 // processor does: SSE streams event by event, JSON bodies whole at the end.
+// With an odd number of cuts the meter counts as it goes (Running).
 func meter(t testing.TB, c corpusCase, resp []byte, cuts []int) (billing.Usage, *Request) {
 	tk, _ := fixtures(t)
 	route, ok := c.Provider.Route("POST", c.Path)
@@ -83,6 +84,9 @@ func meter(t testing.TB, c corpusCase, resp []byte, cuts []int) (billing.Usage, 
 	if err != nil {
 		t.Fatalf("%s: request: %v", c.Name, err)
 	}
+	// Half the splits count as a stream that may be cut off does (at
+	// every event): the bill must not change.
+	req.Running = len(cuts)%2 == 1
 	m := route.Endpoint.NewMeter(req, tk)
 	if !strings.HasSuffix(c.Response, ".sse") {
 		m.Body(resp)
@@ -150,11 +154,21 @@ func TestCorpusBillsExactlyAtEverySplit(t *testing.T) {
 func TestTallyMatchesWholeCount(t *testing.T) {
 	tk, _ := fixtures(t)
 	text := strings.Repeat("Streaming answers arrive in pieces, word by word; ", 400)
-	ta := tally{tk: tk, model: "gpt-4o"}
-	for i := 0; i < len(text); i += 7 {
-		ta.add(text[i:min(i+7, len(text))])
-	}
-	if got, want := ta.total(), int64(tk.Count("gpt-4o", text)); got != want {
-		t.Fatalf("tally = %d, whole = %d", got, want)
+	want := int64(tk.Count("gpt-4o", text))
+	for _, eager := range []bool{false, true} {
+		ta := tally{tk: tk, model: "gpt-4o", eager: eager}
+		for i := 0; i < len(text); i += 7 {
+			ta.add(text[i:min(i+7, len(text))])
+			if eager && ta.buf.Len() > 64 {
+				t.Fatalf("an eager tally holds %d bytes", ta.buf.Len())
+			}
+		}
+		if run := ta.running(); eager && run != want {
+			t.Fatalf("eager: running = %d at the end, whole = %d", run, want)
+		}
+		if got := ta.total(); got != want {
+			t.Fatalf("eager %v: tally = %d, whole = %d", eager, got, want)
+		}
 	}
 }
+

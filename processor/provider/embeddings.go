@@ -76,3 +76,9 @@ func (m *embeddingsMeter) Usage() billing.Usage {
 	}
 	return billing.Usage{Input: m.req.PromptTokens}
 }
+
+// Counted is the prompt: embeddings generate no tokens.
+func (m *embeddingsMeter) Counted() billing.Usage { return m.Usage() }
+
+// StreamError is nil: embeddings are never streamed.
+func (Embeddings) StreamError(string) []byte { return nil }

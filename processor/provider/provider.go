@@ -21,6 +21,10 @@ type Endpoint interface {
 	ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, error)
 	// NewMeter returns a meter for the response to req.
 	NewMeter(req *Request, tk *billing.Tokenizer) Meter
+	// StreamError is the last event of a stream the firewall ends, in the
+	// API's own error shape, which its official SDKs raise as an error
+	// carrying message.
+	StreamError(message string) []byte
 }
 
 // Meter accumulates what a response consumed.
@@ -38,6 +42,10 @@ type Meter interface {
 	// Distrusted says why (part of) the provider's usage report was set
 	// aside as out of range, "" when nothing was.
 	Distrusted() string
+	// Counted is the local count so far: the prompt counted before
+	// forwarding and the output text seen (with Request.Running, current
+	// after every event).
+	Counted() billing.Usage
 }
 
 // Request is what the firewall needs to know of a request.
@@ -58,6 +66,9 @@ type Request struct {
 	// UsageInjected says the firewall asked for a usage report the client
 	// did not; the report must be removed from what the client receives.
 	UsageInjected bool
+	// Running makes the meter count the output as it passes (Counted),
+	// for a stream that is cut off when it would pass its budget.
+	Running bool
 }
 
 // BadRequest is a client error in a request body; its message is safe to

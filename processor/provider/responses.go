@@ -48,7 +48,7 @@ func (Responses) ParseRequest(body []byte, tk *billing.Tokenizer) (*Request, err
 }
 
 func (Responses) NewMeter(req *Request, tk *billing.Tokenizer) Meter {
-	return &responsesMeter{req: req, out: tally{tk: tk, model: req.Model}}
+	return &responsesMeter{req: req, out: newTally(tk, req)}
 }
 
 type responsesMeter struct {
@@ -118,4 +118,13 @@ func (m *responsesMeter) Usage() billing.Usage {
 		return *m.usage
 	}
 	return billing.Usage{Input: m.req.PromptTokens, Output: m.out.total()}
+}
+
+func (m *responsesMeter) Counted() billing.Usage { return counted(m.req, &m.out) }
+
+// StreamError is the Responses API's error event; it also carries an
+// error object, which is what OpenAI's SDKs raise from any stream event.
+func (Responses) StreamError(message string) []byte {
+	return sseEvent("error", map[string]any{"type": "error", "code": "budget_exceeded", "message": message, "param": nil,
+		"error": budgetError(message)})
 }

@@ -13,12 +13,21 @@ const tallyFlush = 4 << 10
 // a few KiB: text is counted up to the last space that starts a word, a
 // boundary where tiktoken's pre-tokenizer splits too, so the total matches
 // counting the whole text at once.
+//
+// An eager tally (a stream that may be cut off) counts up to the last word
+// boundary at every piece, so that running() is current: the cost of a
+// few small counts per chunk instead of one per 4 KiB.
 type tally struct {
 	tk     *billing.Tokenizer
 	model  string
+	eager  bool
 	buf    strings.Builder
 	tokens int64
 	any    bool
+}
+
+func newTally(tk *billing.Tokenizer, req *Request) tally {
+	return tally{tk: tk, model: req.Model, eager: req.Running}
 }
 
 func (t *tally) add(s string) {
@@ -27,7 +36,7 @@ func (t *tally) add(s string) {
 	}
 	t.any = true
 	t.buf.WriteString(s)
-	if t.buf.Len() < tallyFlush {
+	if t.buf.Len() < tallyFlush && !t.eager {
 		return
 	}
 	text := t.buf.String()
@@ -36,12 +45,30 @@ func (t *tally) add(s string) {
 		cut--
 	}
 	if cut <= 0 {
+		if t.buf.Len() < tallyFlush {
+			return // one word so far: running() bounds it
+		}
 		cut = len(text) // one long run: counted in bounded pieces anyway
 	}
 	t.tokens += int64(t.tk.Count(t.model, text[:cut]))
 	rest := text[cut:]
 	t.buf.Reset()
 	t.buf.WriteString(rest)
+}
+
+// running is every token seen so far, the word still held counted as it
+// stands (an eager tally holds one word at most).
+func (t *tally) running() int64 {
+	if t.buf.Len() == 0 {
+		return t.tokens
+	}
+	return t.tokens + int64(t.tk.Count(t.model, t.buf.String()))
+}
+
+// counted is a meter's local count: the prompt as counted before it was
+// forwarded, and the output seen so far.
+func counted(req *Request, t *tally) billing.Usage {
+	return billing.Usage{Input: req.PromptTokens, Output: t.running()}
 }
 
 // total counts what is held and returns every token seen.
