@@ -123,3 +123,22 @@ func TestRollingWindows(t *testing.T) {
 		t.Fatal("a calendar window has no buckets")
 	}
 }
+
+func TestCutoffIsPerBudget(t *testing.T) {
+	for def, want := range map[string]bool{
+		`{"name":"a","window":"day","limit_usd":"1"}`:                  true,
+		`{"name":"a","window":"day","limit_usd":"1","cutoff":null}`:    true,
+		`{"name":"a","window":"day","limit_usd":"1","cutoff":true}`:    true,
+		`{"name":"a","window":"day","limit_usd":"1","cutoff":false}`:   false,
+		`{"name":"a","window":"day","limit_usd":"1","action":"audit"}`: false,
+		"name: a\nwindow: month\nlimit_usd: \"5\"\ncutoff: false\n":    false,
+	} {
+		b, err := ParseBudget("b", []byte(def))
+		if err != nil || b.CutsOff() != want {
+			t.Errorf("%s: cuts off %v (%v), want %v", def, b != nil && b.CutsOff(), err, want)
+		}
+	}
+	if _, err := ParseBudget("b", []byte(`{"name":"a","window":"day","limit_usd":"1","cutoff":"no"}`)); err == nil {
+		t.Error("cutoff: \"no\" was taken for a boolean")
+	}
+}

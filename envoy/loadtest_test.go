@@ -23,8 +23,9 @@ import (
 // generated configuration minus the ext_proc filter, and (c) Envoy with
 // the sidecar and Redis ((d): over a Unix socket; (e): the same filter
 // against a pass-through ext_proc server, whose CPU is in the sidecar
-// column; (f): (c) with the ledger on, SQLite in the sidecar's process),
-// printing one table with the ratios (c)/(b) and (f)/(c). It
+// column; (f): (c) with the ledger on, SQLite in the sidecar's process;
+// (g): (c) without the stream cut-off), printing one table with the
+// ratios (c)/(b), (f)/(c) and (c)/(g). It
 // measures and prints, once (-benchtime 1x); it fails only when requests
 // fail. Off unless LOADTEST=1, so that `make bench` stays short: it takes
 // minutes and the whole machine.
@@ -60,6 +61,8 @@ func loadTest(t testing.TB) {
 		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64"}})
 	ledgered := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, DirectExtProc: true,
 		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64", "LEDGER_URL=sqlite://" + filepath.Join(t.TempDir(), "ledger.db")}})
+	uncut := testenv.StartStack(t, testenv.StackOptions{Limit: "1000000", Upstream: upstream, DirectExtProc: true,
+		Env: []string{"LOG_LEVEL=warn", "DEFAULT_OUTPUT_TOKENS=64", "STREAM_CUTOFF=false"}})
 	// The same filter against a server that changes nothing: the ext_proc
 	// protocol's own cost, the floor under (c).
 	pass := testenv.StartPassthrough(t)
@@ -77,6 +80,7 @@ func loadTest(t testing.TB) {
 		{"(d) same, ext_proc on UDS", uds.Envoy.URL(), map[string]int{"envoy": uds.Envoy.PID(), "sidecar": uds.Sidecar.PID(), "redis": uds.Redis.PID()}},
 		{"(e) envoy+pass-through ext_proc", floor.URL(), map[string]int{"envoy": floor.PID(), "sidecar": pass.PID()}},
 		{"(f) (c) with the ledger", ledgered.Envoy.URL(), map[string]int{"envoy": ledgered.Envoy.PID(), "sidecar": ledgered.Sidecar.PID(), "redis": ledgered.Redis.PID()}},
+		{"(g) (c) without the cut-off", uncut.Envoy.URL(), map[string]int{"envoy": uncut.Envoy.PID(), "sidecar": uncut.Sidecar.PID(), "redis": uncut.Redis.PID()}},
 	}
 	scenarios := []struct {
 		name  string
@@ -92,7 +96,7 @@ func loadTest(t testing.TB) {
 	fmt.Fprintln(tw, "scenario\ttarget\treq/s\tTTFB p50 ms\tp90\tp99\ttotal p50 ms\tp99\tCPU ms/req envoy\tsidecar\tredis\tproxy total\tnon-200\t")
 	var ratios []string
 	for i, sc := range scenarios {
-		var rps, cpu, side, ttfb [6]float64
+		var rps, cpu, side, ttfb [7]float64
 		for j, tg := range targets {
 			cfg := loadgen.Config{URL: tg.url, Concurrency: sc.c, Duration: dur, PromptBytes: sc.kb << 10, Seed: uint64(1 + i),
 				Headers: map[string]string{"authorization": "Bearer " + testenv.ClientKey, "x-fake-words": "20", "x-user-id": fmt.Sprintf("load-%d", i)}}
@@ -132,6 +136,8 @@ func loadTest(t testing.TB) {
 		}
 		ratios = append(ratios, fmt.Sprintf("%s, (f):	ledger on ÷ off (c): sidecar CPU/req %+.1f %%	proxy CPU/req %+.1f %%	req/s %+.1f %%	",
 			sc.name, (side[5]/side[2]-1)*100, (cpu[5]/cpu[2]-1)*100, (rps[5]/rps[2]-1)*100))
+		ratios = append(ratios, fmt.Sprintf("%s, (c)/(g):\tcut-off on ÷ off: sidecar CPU/req %+.1f %%\tproxy CPU/req %+.1f %%\treq/s %+.1f %%\t",
+			sc.name, (side[2]/side[6]-1)*100, (cpu[2]/cpu[6]-1)*100, (rps[2]/rps[6]-1)*100))
 	}
 	tw.Flush()
 	out.WriteString("\n")

@@ -17,7 +17,7 @@ import (
 func specJSON(p *operatorv1.BudgetSpec) []byte {
 	b, _ := json.Marshal(map[string]any{"name": p.GetName(), "identities": p.GetIdentities(), "groups": p.GetGroups(),
 		"providers": p.GetProviders(), "models": p.GetModels(), "window": p.GetWindow(), "per": p.GetPer(),
-		"limit_usd": p.GetLimitUsd(), "action": p.GetAction(), "warn": p.GetWarn()})
+		"limit_usd": p.GetLimitUsd(), "action": p.GetAction(), "warn": p.GetWarn(), "cutoff": p.Cutoff})
 	return b
 }
 
@@ -27,7 +27,7 @@ func specOf(b *budgets.Budget) *operatorv1.BudgetSpec {
 		warn[i] = int32(w)
 	}
 	return &operatorv1.BudgetSpec{Name: b.Name, Identities: b.Identities, Groups: b.Groups, Providers: b.Providers,
-		Models: b.Models, Window: string(b.Window), Per: b.Per, LimitUsd: b.LimitUSD, Action: b.Action, Warn: warn}
+		Models: b.Models, Window: string(b.Window), Per: b.Per, LimitUsd: b.LimitUSD, Action: b.Action, Warn: warn, Cutoff: b.Cutoff}
 }
 
 // info is a budget in force and, for a shared counter, its current window.

@@ -28,7 +28,7 @@ const cliUsage = `usage: aifirewall admin [-addr host:port] COMMAND
   revoke-key SHA256         revoke a key by its SHA-256
   budgets                   every budget in force, with its current window's spend
   set-budget NAME WINDOW USD [-groups a,b] [-identities p,q] [-providers x] [-models 'claude-*']
-            [-per user] [-action audit] [-warn 50,80]
+            [-per user] [-action audit] [-warn 50,80] [-cutoff=false]
                             create or replace a budget (WINDOW: day, week, month, 24h, 7d, 30d)
   delete-budget NAME        remove a budget made with set-budget
   report SINCE UNTIL BY     the ledger's spend over [SINCE, UNTIL) (YYYY-MM-DD, UTC) by user, group, provider, model or day
@@ -153,6 +153,7 @@ func budgetFlags(name, window, usd string, args []string) (*operatorv1.BudgetSpe
 	list := func(flagName, help string) *string { return fs.String(flagName, "", help) }
 	groups, ids, provs, models := list("groups", ""), list("identities", ""), list("providers", ""), list("models", "")
 	per, action, warn := fs.String("per", "", ""), fs.String("action", "", ""), fs.String("warn", "", "")
+	cutoff := fs.Bool("cutoff", true, "")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
 		return nil, errors.New(cliUsage)
 	}
@@ -164,6 +165,9 @@ func budgetFlags(name, window, usd string, args []string) (*operatorv1.BudgetSpe
 	}
 	spec := &operatorv1.BudgetSpec{Name: name, Window: window, LimitUsd: usd, Groups: split(*groups), Identities: split(*ids),
 		Providers: split(*provs), Models: split(*models), Per: *per, Action: *action}
+	if !*cutoff {
+		spec.Cutoff = cutoff
+	}
 	for _, w := range split(*warn) {
 		n, err := strconv.Atoi(w)
 		if err != nil {

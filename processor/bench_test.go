@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/aifirewall/aifirewall/billing"
+	"github.com/aifirewall/aifirewall/identity"
 	"github.com/aifirewall/aifirewall/internal/testinfra"
+	"github.com/aifirewall/aifirewall/processor/provider"
 )
 
 // reportQuantiles adds p50 and p99 of samples to the benchmark output.
@@ -70,15 +72,19 @@ func BenchmarkRequestPhases(b *testing.B) {
 }
 
 // BenchmarkResponseChunk is the service time of one streamed SSE chunk
-// (one chat delta event), with and without usage stripping.
+// (one chat delta event): passed on unchanged, with usage stripping, and
+// with the cut-off (metered before it is answered, the running cost
+// checked against the stream's room).
 func BenchmarkResponseChunk(b *testing.B) {
-	for _, injected := range []bool{false, true} {
-		b.Run(fmt.Sprintf("strip=%v", injected), func(b *testing.B) {
-			h := newHarness(b, nil)
+	for _, mode := range []string{"plain", "strip", "cutoff"} {
+		b.Run(mode, func(b *testing.B) {
+			cfg := Config{Auth: identity.NewSharedKey("k"), Upstream: provider.OpenAI, UpstreamKey: "up",
+				DailyLimit: 1000 * billing.NanosPerUSD, Cutoff: mode == "cutoff"}
+			h := newHarnessWith(b, nil, cfg)
 			x := h.open(b)
 			x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", "bench")
 			body := `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}`
-			if injected {
+			if mode == "strip" {
 				body = `{"model":"gpt-4o-mini","stream":true,"messages":[]}`
 			}
 			x.requestBody(body)

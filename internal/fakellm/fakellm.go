@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -59,7 +60,12 @@ type Server struct {
 	mu       sync.Mutex
 	received []Received
 	gates    map[string]chan struct{}
+	left     atomic.Int64
 }
+
+// Left is how many streams ended because the client (Envoy) went away
+// before the answer was whole.
+func (s *Server) Left() int64 { return s.left.Load() }
 
 func (s *Server) gate(name string) chan struct{} {
 	s.mu.Lock()
@@ -217,6 +223,7 @@ func (s *Server) stream(r *http.Request, st steer, word func(w string)) bool {
 			}
 		}
 		if r.Context().Err() != nil {
+			s.left.Add(1)
 			return false
 		}
 	}

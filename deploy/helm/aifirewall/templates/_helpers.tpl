@@ -228,6 +228,8 @@ aifirewall:
     {{- end }}
     - name: DAILY_BUDGET_LIMIT
       value: {{ $v.dailyBudgetLimit | quote }}
+    - name: STREAM_CUTOFF
+      value: {{ $v.streamCutoff | quote }}
     - name: BUDGET_TIMEZONE
       value: {{ $v.budgetTimezone | quote }}
     - name: FAIL_MODE

@@ -229,8 +229,11 @@ type BudgetSpec struct {
 	Per      string `protobuf:"bytes,7,opt,name=per,proto3" json:"per,omitempty"`
 	LimitUsd string `protobuf:"bytes,8,opt,name=limit_usd,json=limitUsd,proto3" json:"limit_usd,omitempty"`
 	// block (default) or audit.
-	Action        string  `protobuf:"bytes,9,opt,name=action,proto3" json:"action,omitempty"`
-	Warn          []int32 `protobuf:"varint,10,rep,packed,name=warn,proto3" json:"warn,omitempty"`
+	Action string  `protobuf:"bytes,9,opt,name=action,proto3" json:"action,omitempty"`
+	Warn   []int32 `protobuf:"varint,10,rep,packed,name=warn,proto3" json:"warn,omitempty"`
+	// false: a stream this budget has no room for finishes; absent: it is
+	// ended at the budget (the cut-off).
+	Cutoff        *bool `protobuf:"varint,11,opt,name=cutoff,proto3,oneof" json:"cutoff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -333,6 +336,13 @@ func (x *BudgetSpec) GetWarn() []int32 {
 		return x.Warn
 	}
 	return nil
+}
+
+func (x *BudgetSpec) GetCutoff() bool {
+	if x != nil && x.Cutoff != nil {
+		return *x.Cutoff
+	}
+	return false
 }
 
 // A budget in force and its current window. Per-user budgets (per:
@@ -1259,7 +1269,7 @@ const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"cost_nanos\x18\x05 \x01(\x03R\tcostNanos\x12\x19\n" +
 	"\bcost_usd\x18\x06 \x01(\tR\acostUsd\"J\n" +
 	"\x11GetReportResponse\x125\n" +
-	"\x04rows\x18\x01 \x03(\v2!.aifirewall.operator.v1.ReportRowR\x04rows\"\x81\x02\n" +
+	"\x04rows\x18\x01 \x03(\v2!.aifirewall.operator.v1.ReportRowR\x04rows\"\xa9\x02\n" +
 	"\n" +
 	"BudgetSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
@@ -1274,7 +1284,9 @@ const file_aifirewall_operator_v1_operator_proto_rawDesc = "" +
 	"\tlimit_usd\x18\b \x01(\tR\blimitUsd\x12\x16\n" +
 	"\x06action\x18\t \x01(\tR\x06action\x12\x12\n" +
 	"\x04warn\x18\n" +
-	" \x03(\x05R\x04warn\"\x9d\x02\n" +
+	" \x03(\x05R\x04warn\x12\x1b\n" +
+	"\x06cutoff\x18\v \x01(\bH\x00R\x06cutoff\x88\x01\x01B\t\n" +
+	"\a_cutoff\"\x9d\x02\n" +
 	"\n" +
 	"BudgetInfo\x126\n" +
 	"\x04spec\x18\x01 \x01(\v2\".aifirewall.operator.v1.BudgetSpecR\x04spec\x12\x16\n" +
@@ -1417,6 +1429,7 @@ func file_aifirewall_operator_v1_operator_proto_init() {
 	if File_aifirewall_operator_v1_operator_proto != nil {
 		return
 	}
+	file_aifirewall_operator_v1_operator_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
