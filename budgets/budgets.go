@@ -45,8 +45,8 @@ type Budget struct {
 	// Warn: utilisation percentages at which answers carry a warning.
 	Warn []int `yaml:"warn"`
 	// Cutoff false lets a stream this budget has no room for finish (the
-	// budget then overshoots by up to one request); absent or true, the
-	// stream is ended when it would pass the budget.
+	// budget then overshoots by up to one request); true ends the stream
+	// when it would pass the budget; absent: as STREAM_CUTOFF says.
 	Cutoff *bool `yaml:"cutoff"`
 
 	Limit billing.Nanos `yaml:"-"`
@@ -201,8 +201,16 @@ func (b *Budget) check(at string, fail strictyaml.Fail) error {
 func (b *Budget) Audit() bool { return b.Action == "audit" }
 
 // CutsOff says whether a stream is ended when it would pass the budget:
-// a blocking budget, unless it sets cutoff: false.
-func (b *Budget) CutsOff() bool { return !b.Audit() && (b.Cutoff == nil || *b.Cutoff) }
+// a blocking budget, as its cutoff says, else as dflt (STREAM_CUTOFF).
+func (b *Budget) CutsOff(dflt bool) bool {
+	if b.Audit() {
+		return false
+	}
+	if b.Cutoff != nil {
+		return *b.Cutoff
+	}
+	return dflt
+}
 
 // Matches says whether a request of user (a member of groups) to provider
 // for model counts against b. A budget naming neither identities nor

@@ -134,8 +134,12 @@ func TestCutoffIsPerBudget(t *testing.T) {
 		"name: a\nwindow: month\nlimit_usd: \"5\"\ncutoff: false\n":    false,
 	} {
 		b, err := ParseBudget("b", []byte(def))
-		if err != nil || b.CutsOff() != want {
-			t.Errorf("%s: cuts off %v (%v), want %v", def, b != nil && b.CutsOff(), err, want)
+		if err != nil || b.CutsOff(true) != want {
+			t.Errorf("%s: cuts off %v (%v), want %v", def, b != nil && b.CutsOff(true), err, want)
+		}
+		// STREAM_CUTOFF=false: only an explicit cutoff: true cuts off.
+		if explicit := strings.Contains(def, "cutoff: true") || strings.Contains(def, `"cutoff":true`); b.CutsOff(false) != explicit {
+			t.Errorf("%s with STREAM_CUTOFF=false: cuts off %v", def, b.CutsOff(false))
 		}
 	}
 	if _, err := ParseBudget("b", []byte(`{"name":"a","window":"day","limit_usd":"1","cutoff":"no"}`)); err == nil {

@@ -126,7 +126,7 @@ func TestHostileUpstreamNumbers(t *testing.T) {
 // A stream that outlives RESERVATION_TTL keeps its reservation: the budget
 // it holds is not handed to another request meanwhile.
 func TestLongStreamKeepsItsReservation(t *testing.T) {
-	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.00001", Env: []string{"RESERVATION_TTL=1s"}})
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.00001", Env: []string{"RESERVATION_TTL=1s", "STREAM_CUTOFF=false"}})
 	hdr := map[string]string{"x-user-id": "long", "x-fake-gate": "long", "x-fake-gate-after": "1"}
 	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, cappedBody, hdr) // reserves 13350 ≥ the limit
 	if resp.StatusCode != 200 {

@@ -93,7 +93,7 @@ func TestClientDisconnectIsBilled(t *testing.T) {
 func TestBudgetExhaustedGets402(t *testing.T) {
 	// $0.000005 = 5000 nano-dollars: the first request (8850) passes the
 	// gate, since nothing is spent yet, and uses the budget up.
-	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.000005"})
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.000005", Env: []string{"STREAM_CUTOFF=false"}}) // one request past the limit
 	hdr := map[string]string{"x-user-id": "spender"}
 	resp := post(t, s, "/v1/chat/completions", testenv.ClientKey, seedBody, hdr)
 	io.Copy(io.Discard, resp.Body)

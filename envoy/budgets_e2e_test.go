@@ -51,7 +51,7 @@ func getBudget(t *testing.T, s *testenv.Stack, key string, headers map[string]st
 // reservation is left behind.
 func TestConcurrentRequestsCannotOverspend(t *testing.T) {
 	const limit = 50_000 // $0.00005: five or six requests' worth
-	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.00005"})
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.00005", Env: []string{"STREAM_CUTOFF=false"}}) // the estimate rule
 	codes := concurrentChats(t, s, 100, func(int) map[string]string {
 		return map[string]string{"authorization": "Bearer " + testenv.ClientKey, "x-user-id": "swarm"}
 	})
@@ -79,7 +79,7 @@ func TestConcurrentRequestsCannotOverspend(t *testing.T) {
 // A sidecar killed with reservations open leaves them in Redis; after
 // RESERVATION_TTL the user's full remaining budget is available again.
 func TestCrashedSidecarReservationsExpire(t *testing.T) {
-	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.00004", Env: []string{"RESERVATION_TTL=3s"}})
+	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.00004", Env: []string{"RESERVATION_TTL=3s", "STREAM_CUTOFF=false"}})
 	hdr := map[string]string{"x-user-id": "crashy", "x-fake-gate": "hold", "x-fake-gate-after": "1"}
 	var open []*http.Response
 	for range 3 { // 3 * 13350 >= 40000: the budget is fully reserved

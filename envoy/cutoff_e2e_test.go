@@ -15,6 +15,7 @@ import (
 	anthropicopt "github.com/anthropics/anthropic-sdk-go/option"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/aifirewall/aifirewall/billing"
 	"github.com/aifirewall/aifirewall/internal/fakellm"
@@ -183,4 +184,26 @@ func TestStreamWithRoomIsUntouched(t *testing.T) {
 	if direct != through || !strings.Contains(through, `"usage"`) {
 		t.Fatalf("the stream changed on its way (%d bytes from the provider, %d to the client)", len(direct), len(through))
 	}
+}
+
+// The Responses API's stream ends in its error event, which the official
+// OpenAI SDK raises; the bill is what passed.
+func TestResponsesStreamCutAtTheBudget(t *testing.T) {
+	s, _ := cutStack(t)
+	client := openai.NewClient(option.WithBaseURL(s.Envoy.URL()+"/v1"), option.WithAPIKey(testenv.ClientKey),
+		option.WithHeader("x-user-id", "sparing"), option.WithHeader("x-fake-words", "100000"), option.WithHeader("x-fake-delay-ms", "1"))
+	stream := client.Responses.NewStreaming(context.Background(), responses.ResponseNewParams{
+		Model: "gpt-4o", Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("Write a very long essay.")}})
+	var text strings.Builder
+	for stream.Next() {
+		if ev := stream.Current(); ev.Type == "response.output_text.delta" {
+			text.WriteString(ev.Delta)
+		}
+	}
+	err := stream.Err()
+	stream.Close()
+	if err == nil || !strings.Contains(err.Error(), "budget exceeded while streaming") {
+		t.Fatalf("the SDK's error: %v (after %d bytes)", err, text.Len())
+	}
+	billedAsPassed(t, s, "sparing", text.String(), 3)
 }

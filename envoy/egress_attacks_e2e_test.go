@@ -29,7 +29,7 @@ func TestEgressFallbacksHeldToPolicy(t *testing.T) {
     models: ["openai/gpt-4o-mini"]
   - identities: ["*"]
     providers: [openrouter]
-`, []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys}, envoy.Options{})
+`, []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys, "STREAM_CUTOFF=false"}, envoy.Options{}) // the estimate rule: with the cut-off, the room bounds a stream
 	chat := `{"model":"openai/gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"Hello!"}]%s}`
 	msgs := `{"model":"openai/gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"Hello!"}]%s}`
 	for _, c := range []struct {

@@ -34,13 +34,14 @@ func teamKeys(t *testing.T) string {
 }
 
 // governance starts a stack whose callers are teamKeys' and whose budgets
-// are the file's.
+// are the file's, without the cut-off unless env turns it on: these tests
+// hold budgets to the estimate rule (cutoff_e2e_test.go, to the cut-off).
 func governance(t *testing.T, budgets string, env ...string) (*testenv.Stack, string) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "budgets.yaml")
 	os.WriteFile(file, []byte(budgets), 0o600)
 	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001",
-		Env: append([]string{"IDENTITY_MODE=keys", "KEYS_FILE=" + teamKeys(t), "BUDGETS_FILE=" + file}, env...)})
+		Env: append([]string{"IDENTITY_MODE=keys", "KEYS_FILE=" + teamKeys(t), "BUDGETS_FILE=" + file, "STREAM_CUTOFF=false"}, env...)})
 	return s, file
 }
 
@@ -211,9 +212,9 @@ func TestRollingWindowSpendAgesOut(t *testing.T) {
 func TestBudgetsThroughTheCLIApplyEverywhere(t *testing.T) {
 	opAddr := fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
 	keys := teamKeys(t)
-	a := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001", Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys,
+	a := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001", Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys, "STREAM_CUTOFF=false",
 		"ADMIN_TOKEN=" + adminToken, "OPERATOR_ADDR=" + opAddr}})
-	b := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001", Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys,
+	b := testenv.StartStack(t, testenv.StackOptions{Limit: "0.001", Env: []string{"IDENTITY_MODE=keys", "KEYS_FILE=" + keys, "STREAM_CUTOFF=false",
 		"REDIS_URL=" + a.Redis.URL()}})
 	testinfra.WaitTCP(t, opAddr, 10*time.Second)
 	if out, err := admin(t, opAddr, adminToken, "set-budget", "team-cli", "month", "0.00001", "-groups", "payments", "-warn", "50"); err != nil ||

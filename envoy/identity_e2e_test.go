@@ -29,7 +29,7 @@ func TestPerUserKeys(t *testing.T) {
 	}
 	write("keys:\n  - sha256: " + identity.HashKey("alice-secret") + "\n    user: alice\n    daily_limit: \"0.000005\"\n" +
 		"  - sha256: " + identity.HashKey("bob-secret") + "\n    user: bob\n")
-	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{"KEYS_FILE=" + keys}})
+	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{"KEYS_FILE=" + keys, "STREAM_CUTOFF=false"}})
 
 	// The key decides the user; the shared key is not accepted in this mode.
 	resp := post(t, s, "/v1/chat/completions", "alice-secret", seedBody, nil)

@@ -29,7 +29,7 @@ func admin(t *testing.T, addr, token string, args ...string) (string, error) {
 func TestOperatorAPIAndCLI(t *testing.T) {
 	opAddr := fmt.Sprintf("127.0.0.1:%d", testinfra.FreePort(t))
 	s := testenv.StartStack(t, testenv.StackOptions{Env: []string{
-		"IDENTITY_MODE=keys", "ADMIN_TOKEN=" + adminToken, "OPERATOR_ADDR=" + opAddr}})
+		"IDENTITY_MODE=keys", "ADMIN_TOKEN=" + adminToken, "OPERATOR_ADDR=" + opAddr, "STREAM_CUTOFF=false"}})
 	testinfra.WaitTCP(t, opAddr, 10*time.Second)
 
 	if out, err := admin(t, opAddr, "wrong-token-wrong-token", "users"); err == nil || !strings.Contains(out, "admin token") {

@@ -3,6 +3,7 @@ package envoy_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -61,9 +62,11 @@ func sidecarMetric(t testing.TB, s *testenv.Stack, series string) (float64, bool
 }
 
 // TestSoak: concurrent streaming clients through Envoy and the sidecar to
-// the fake upstream, each with a budget that runs out partway. Billed spend
-// must equal what the answered streams cost, no reservation may stay open,
-// and the sidecar's goroutines and heap must not grow.
+// the fake upstream, each with a budget that runs out partway (the last
+// stream a budget admits is cut off at it). Billed spend must equal what
+// the answered streams cost plus what reached the client of the cut ones,
+// no reservation may stay open, and the sidecar's goroutines and heap must
+// not grow.
 func TestSoak(t *testing.T) {
 	clients, dur := soakSettings(t)
 	// A stream takes about 100 ms here: each user can afford about 4
@@ -75,9 +78,14 @@ func TestSoak(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	g0, h0 := sidecarGauge(t, s, "go_goroutines"), sidecarGauge(t, s, "go_memstats_heap_inuse_bytes")
 
+	tk, err := billing.NewTokenizer()
+	if err != nil {
+		t.Fatal(err)
+	}
 	type tally struct {
-		ok, overBudget int
-		errs           map[string]int
+		ok, overBudget, cut int
+		cutCost             int64 // of the cut streams: their prompt and what passed
+		errs                map[string]int
 	}
 	results := make([]tally, clients)
 	ctx, cancel := context.WithTimeout(context.Background(), dur)
@@ -103,6 +111,11 @@ func TestSoak(t *testing.T) {
 				body, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				switch {
+				case resp.StatusCode == 200 && strings.Contains(string(body), `"code":"budget_exceeded"`):
+					// Cut off: the error event, then a reset (a read error)
+					// unless the cut came with the last chunk.
+					res.cut++
+					res.cutCost += 9*miniIn + int64(tk.Count("gpt-4o-mini", streamedText(string(body))))*miniOut
 				case err != nil:
 					res.errs["read: "+err.Error()]++
 				case resp.StatusCode == 200 && strings.HasSuffix(string(body), "data: [DONE]\n\n"):
@@ -118,10 +131,10 @@ func TestSoak(t *testing.T) {
 	}
 	wg.Wait()
 
-	var ok, over, failed int
+	var ok, over, cut, failed int
 	errs := map[string]int{}
 	for _, r := range results {
-		ok, over = ok+r.ok, over+r.overBudget
+		ok, over, cut = ok+r.ok, over+r.overBudget, cut+r.cut
 		for k, v := range r.errs {
 			errs[k] += v
 			failed += v
@@ -135,8 +148,8 @@ func TestSoak(t *testing.T) {
 		user := fmt.Sprint("soak-", c)
 		_, b := getBudget(t, s, testenv.ClientKey, map[string]string{"x-user-id": user})
 		billed, reserved = billed+b.SpentNanos, reserved+b.ReservedNanos
-		expected += int64(r.ok) * reqCost
-		if b.SpentNanos != int64(r.ok)*reqCost {
+		expected += int64(r.ok)*reqCost + r.cutCost
+		if b.SpentNanos != int64(r.ok)*reqCost+r.cutCost {
 			mismatches++
 		}
 	}
@@ -149,7 +162,7 @@ func TestSoak(t *testing.T) {
 	}
 	sort.Strings(kinds)
 	t.Logf("soak: %d clients for %s", clients, dur)
-	t.Logf("requests: %d (answered %d, over budget %d, errors %d)", ok+over+failed, ok, over, failed)
+	t.Logf("requests: %d (answered %d, cut off at the budget %d, over budget %d, errors %d)", ok+cut+over+failed, ok, cut, over, failed)
 	t.Logf("errors by kind: %v", kinds)
 	t.Logf("billed %s, expected %s (%d users off), reserved at end %s",
 		billing.Nanos(billed), billing.Nanos(expected), mismatches, billing.Nanos(reserved))
@@ -173,4 +186,26 @@ func TestSoak(t *testing.T) {
 	if h1 > 2*h0+32<<20 {
 		t.Errorf("heap grew from %.0f to %.0f bytes", h0, h1)
 	}
+}
+
+// streamedText is the content of a chat stream's deltas.
+func streamedText(body string) string {
+	var text strings.Builder
+	for _, line := range strings.Split(body, "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		var ev struct {
+			Choices []struct {
+				Delta struct{ Content string }
+			}
+		}
+		if json.Unmarshal([]byte(data), &ev) == nil {
+			for _, c := range ev.Choices {
+				text.WriteString(c.Delta.Content)
+			}
+		}
+	}
+	return text.String()
 }

@@ -49,7 +49,7 @@ func (r *request) admitBudgets(ctx context.Context, now time.Time, estimate, bou
 		c := charge{b: b, counter: b.Counter(r.user)}
 		c.period, c.reset = b.Window.Period(now, r.s.cfg.Location)
 		c.buckets = b.Window.Buckets(now)
-		amount, ceiling := r.reservation(r.req, estimate, bound, b.CutsOff())
+		amount, ceiling := r.reservation(r.req, estimate, bound, b.CutsOff(r.s.cfg.Cutoff))
 		sctx, cancel := context.WithTimeout(ctx, r.s.cfg.StoreTimeout)
 		bud, err := r.s.store.Admit(sctx, billing.Admission{User: c.counter, Day: c.period, RequestID: r.id,
 			Amount: amount, Ceiling: ceiling, Limit: b.Limit, TTL: r.s.cfg.ReservationTTL, Buckets: c.buckets})
@@ -77,7 +77,7 @@ func (r *request) admitBudgets(ctx context.Context, now time.Time, estimate, bou
 			r.log.Warn("over an audit budget; admitted", "budget", b.Name, "period", c.period, "spent_nanos", int64(bud.Spent))
 			r.s.metrics.overAuditBudget(b.Name)
 		}
-		if bud.Admitted && b.CutsOff() && r.req.Stream {
+		if bud.Admitted && b.CutsOff(r.s.cfg.Cutoff) && r.req.Stream {
 			r.addRoom(room{name: b.Name, user: c.counter, day: c.period, buckets: c.buckets, limit: b.Limit}, bud)
 		}
 		r.charges = append(r.charges, c)

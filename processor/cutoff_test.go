@@ -33,8 +33,11 @@ func cutHarness(t *testing.T, limit billing.Nanos) *harness {
 func streamOut(t *testing.T, h *harness, id, user string) *exchange {
 	t.Helper()
 	x := h.open(t)
-	x.requestHeaders(":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json",
-		"x-request-id", id, "x-user-id", user)
+	hdr := []string{":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", id}
+	if user != "" {
+		hdr = append(hdr, "x-user-id", user)
+	}
+	x.requestHeaders(hdr...)
 	if ir := x.requestBody(`{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`).GetImmediateResponse(); ir != nil {
 		t.Fatalf("refused: %s", ir.GetBody())
 	}
@@ -135,5 +138,40 @@ func TestUnstreamedReservesItsBound(t *testing.T) {
 	b, _ := h.store.Budget(context.Background(), "v", billing.Day(time.Now(), time.UTC), billing.NanosPerUSD)
 	if prompt := b.Reserved - 16_384*miniOut; prompt <= 0 || prompt > 30*150 {
 		t.Fatalf("reserved %d, want 16,384 output tokens (%d) and the prompt", b.Reserved, 16_384*miniOut)
+	}
+}
+
+// drain sends evs in chunks of five and returns what passed, up to and
+// including the error event of a cut.
+func drain(x *exchange, evs []string) string {
+	var got strings.Builder
+	for i := 0; i < len(evs); i += 5 {
+		out := x.responseChunk(strings.Join(evs[i:min(i+5, len(evs))], ""), i+5 >= len(evs))
+		got.WriteString(out)
+		if strings.Contains(out, "budget_exceeded") {
+			break
+		}
+	}
+	return got.String()
+}
+
+// A budget of the file cuts a stream off at itself, and one with
+// cutoff: false lets it finish.
+func TestBudgetCutoffSetting(t *testing.T) {
+	for _, c := range []struct {
+		cutoff string
+		cut    bool
+	}{{"", false}, {", cutoff: true", true}, {", cutoff: false", false}} { // STREAM_CUTOFF off: only cutoff: true cuts
+		h, cur := budgetsHarness(t, "budgets:\n  - {name: team, groups: [payments], window: day, limit_usd: \"0.0001\""+c.cutoff+"}\n")
+		text := drain(streamOut(t, h, "team-"+c.cutoff, ""), longChat(1000))
+		if got := strings.Contains(text, "budget_exceeded") && strings.Contains(text, `budget \"team\"`); got != c.cut {
+			t.Errorf("cutoff%q: cut %v, want %v", c.cutoff, got, c.cut)
+		}
+		b := cur.Load().Budgets[0]
+		period, _ := b.Window.Period(time.Now(), time.UTC)
+		st, _ := h.store.Window(context.Background(), b.Counter(""), period, nil, b.Limit)
+		if c.cut && (st.Spent <= b.Limit || st.Spent > b.Limit+miniOut) || !c.cut && st.Spent < 1000*miniOut {
+			t.Errorf("cutoff%q: the team spent %d of %d", c.cutoff, st.Spent, b.Limit)
+		}
 	}
 }

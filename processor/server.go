@@ -50,8 +50,9 @@ type Config struct {
 	// ReservationTTL bounds how long an admitted request holds its
 	// estimated cost when its settlement never comes (a crashed sidecar).
 	ReservationTTL time.Duration
-	// Cutoff makes the default daily budget end a stream that would pass
-	// it (STREAM_CUTOFF); budgets of the file say so each (cutoff).
+	// Cutoff makes the default daily budget, and each budget of the file
+	// that does not say otherwise (cutoff), end a stream that would pass
+	// it (STREAM_CUTOFF).
 	Cutoff bool
 	// DefaultOutputTokens estimates the output of a request that sets no
 	// max_tokens, for its reservation.

@@ -171,4 +171,3 @@ func TestTallyMatchesWholeCount(t *testing.T) {
 		}
 	}
 }
-
