@@ -58,8 +58,8 @@ type Admission struct {
 	// it. Halving what is free leaves room for the streams after it, and
 	// keeps spent + every open reservation within the limit.
 	Ceiling Nanos
-	Limit                Nanos // the user's limit unless an operator override exists
-	TTL                  time.Duration
+	Limit   Nanos // the user's limit unless an operator override exists
+	TTL     time.Duration
 	// Buckets, when set, make the budget a rolling window: its spend is
 	// the sum of these periods' spend (the current one first), and Day
 	// names only its reservations.

@@ -50,7 +50,7 @@ func getBudget(t *testing.T, s *testenv.Stack, key string, headers map[string]st
 // total billed stays within the limit plus one request's cost, and no
 // reservation is left behind.
 func TestConcurrentRequestsCannotOverspend(t *testing.T) {
-	const limit = 50_000 // $0.00005: five or six requests' worth
+	const limit = 50_000                                                                                     // $0.00005: five or six requests' worth
 	s := testenv.StartStack(t, testenv.StackOptions{Limit: "0.00005", Env: []string{"STREAM_CUTOFF=false"}}) // the estimate rule
 	codes := concurrentChats(t, s, 100, func(int) map[string]string {
 		return map[string]string{"authorization": "Bearer " + testenv.ClientKey, "x-user-id": "swarm"}
