@@ -352,43 +352,10 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 	return responseBody(replaced), account
 }
 
-// inflate decodes a gzip chunk; at the end of the stream it also returns
-// what the decompressor still held.
-func (r *request) inflate(chunk []byte, eos bool) []byte {
-	plain, err := r.gz.Write(chunk)
-	if err == nil && eos {
-		var rest []byte
-		rest, err = r.gz.Close()
-		plain = append(plain, rest...)
-	}
-	if err != nil {
-		r.log.Warn("gzip response body could not be decoded; metering what was decoded", "err", err)
-	}
-	return plain
-}
-
 func (r *request) afterChunk(eos bool) {
 	if eos {
 		r.ended = true
 		r.settle()
-	}
-}
-
-// collect keeps a JSON response body for metering at its end.
-func (r *request) collect(chunk []byte, eos bool) {
-	if !r.overflow {
-		if len(r.body)+len(chunk) > maxJSONResponse {
-			r.overflow, r.body = true, nil
-			r.log.Warn("response body too large to meter; billing the prompt count only")
-		} else {
-			r.body = append(r.body, chunk...)
-		}
-	}
-	if eos {
-		if !r.overflow {
-			r.meter.Body(r.body)
-		}
-		r.body = nil
 	}
 }
 
@@ -402,7 +369,7 @@ func (r *request) finish() {
 	if r.gz != nil {
 		r.gz.Abandon()
 	}
-	if r.meter != nil && !r.ended {
+	if r.meter != nil && !r.ended && !r.cut {
 		r.parser.Flush(func(ev sse.Event) { r.meter.Event(ev) })
 		if r.body != nil && !r.overflow {
 			r.meter.Body(r.body)

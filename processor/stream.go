@@ -57,3 +57,36 @@ func (r *request) meterSSE(chunk []byte, eos, strip bool) []byte {
 	r.held = append(r.held[:0], r.held[start:]...)
 	return out
 }
+
+// inflate decodes a gzip chunk; at the end of the stream it also returns
+// what the decompressor still held.
+func (r *request) inflate(chunk []byte, eos bool) []byte {
+	plain, err := r.gz.Write(chunk)
+	if err == nil && eos {
+		var rest []byte
+		rest, err = r.gz.Close()
+		plain = append(plain, rest...)
+	}
+	if err != nil {
+		r.log.Warn("gzip response body could not be decoded; metering what was decoded", "err", err)
+	}
+	return plain
+}
+
+// collect keeps a JSON response body for metering at its end.
+func (r *request) collect(chunk []byte, eos bool) {
+	if !r.overflow {
+		if len(r.body)+len(chunk) > maxJSONResponse {
+			r.overflow, r.body = true, nil
+			r.log.Warn("response body too large to meter; billing the prompt count only")
+		} else {
+			r.body = append(r.body, chunk...)
+		}
+	}
+	if eos {
+		if !r.overflow {
+			r.meter.Body(r.body)
+		}
+		r.body = nil
+	}
+}
