@@ -27,8 +27,9 @@ import (
 //     passes the room, the stream asks each budget for more (Store.Extend,
 //     atomic in the store): all that is free when it is the budget's only
 //     open reservation, else half of what is free (or what it needs, if
-//     more), up to its bound (or what it costs, when the provider answered
-//     with a dearer model than the bound was priced at). Streams thus share a budget by taking turns at halves of
+//     more), up to its bound (or twice what it costs so far, when the
+//     provider answered with a dearer model than the bound was priced at:
+//     a few doublings, not a store call per event). Streams thus share a budget by taking turns at halves of
 //     what is left, and a lone stream can use all of it.
 //   - Every room is at most its reservation and was at most what was free
 //     when it was granted, so spent plus the rooms of all open streams
@@ -116,7 +117,7 @@ func (r *request) grow(cost billing.Nanos) bool {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), r.s.cfg.StoreTimeout)
 		b, err := r.s.store.Extend(ctx, billing.Admission{User: rm.user, Day: rm.day, RequestID: r.id, Buckets: rm.buckets,
-			Amount: cost - rm.room, Ceiling: max(r.bound, cost), Limit: rm.limit})
+			Amount: cost - rm.room, Ceiling: max(r.bound, 2*cost), Limit: rm.limit})
 		cancel()
 		if err != nil {
 			r.s.metrics.storeError("extend")

@@ -24,10 +24,13 @@ type tally struct {
 	buf    strings.Builder
 	tokens int64
 	any    bool
+	// held caches running()'s count of buf (heldLen: buf's length then,
+	// -1: none), which the next flush reuses when it counts just that.
+	heldLen, heldCount int
 }
 
 func newTally(tk *billing.Tokenizer, req *Request) tally {
-	return tally{tk: tk, model: req.Model, eager: req.Running}
+	return tally{tk: tk, model: req.Model, eager: req.Running, heldLen: -1}
 }
 
 func (t *tally) add(s string) {
@@ -35,6 +38,11 @@ func (t *tally) add(s string) {
 		return
 	}
 	t.any = true
+	held := t.heldLen
+	if held != t.buf.Len() {
+		held = -1
+	}
+	t.heldLen = -1
 	t.buf.WriteString(s)
 	if t.buf.Len() < tallyFlush && !t.eager {
 		return
@@ -50,7 +58,11 @@ func (t *tally) add(s string) {
 		}
 		cut = len(text) // one long run: counted in bounded pieces anyway
 	}
-	t.tokens += int64(t.tk.Count(t.model, text[:cut]))
+	if cut == held {
+		t.tokens += int64(t.heldCount) // the word running() counted
+	} else {
+		t.tokens += int64(t.tk.Count(t.model, text[:cut]))
+	}
 	rest := text[cut:]
 	t.buf.Reset()
 	t.buf.WriteString(rest)
@@ -62,7 +74,10 @@ func (t *tally) running() int64 {
 	if t.buf.Len() == 0 {
 		return t.tokens
 	}
-	return t.tokens + int64(t.tk.Count(t.model, t.buf.String()))
+	if t.heldLen != t.buf.Len() {
+		t.heldLen, t.heldCount = t.buf.Len(), t.tk.Count(t.model, t.buf.String())
+	}
+	return t.tokens + int64(t.heldCount)
 }
 
 // counted is a meter's local count: the prompt as counted before it was
@@ -76,6 +91,7 @@ func (t *tally) total() int64 {
 	if t.buf.Len() > 0 {
 		t.tokens += int64(t.tk.Count(t.model, t.buf.String()))
 		t.buf.Reset()
+		t.heldLen = -1
 	}
 	return t.tokens
 }
