@@ -89,8 +89,13 @@ func (r *request) boundCost(req *provider.Request) billing.Nanos {
 	return min(r.dearestPrice(req, u).Cost(u), billing.MaxCharge)
 }
 
-// addRoom records what budget name left a stream it admitted.
+// addRoom records what budget name left a stream it admitted. A stream
+// admitted without a reservation (FAIL_MODE=open, the store down) has no
+// room to hold it to.
 func (r *request) addRoom(rm room, b billing.Budget) {
+	if b.Held == 0 {
+		return
+	}
 	rm.room = b.Room()
 	r.rooms = append(r.rooms, rm)
 	r.cutting = true
