@@ -23,7 +23,9 @@ import (
 //     reservation, capped at what was free.
 //   - While the stream passes, each event is metered before it is passed
 //     on: the prompt (counted at admission) and the output text counted
-//     as it comes, priced at the model that answers. When the running cost
+//     as it comes, priced at the model that answers. A chunk that could
+//     not pass the room even at one token a byte is answered first and
+//     metered after, like any chunk. When the running cost
 //     passes the room, the stream asks each budget for more (Store.Extend,
 //     atomic in the store): all that is free when it is the budget's only
 //     open reservation, else half of what is free (or what it needs, if
@@ -142,19 +144,34 @@ func (r *request) grow(cost billing.Nanos) bool {
 	return r.room >= cost
 }
 
-// event meters one SSE event before it passes; after the cut nothing
-// passes and nothing more is counted.
-func (r *request) event(ev sse.Event) (drop bool) {
+// event meters one SSE event; before it passes (canCut), one that takes
+// the stream past a room that cannot grow is the last to pass, and after
+// the cut nothing passes and nothing more is counted.
+func (r *request) event(ev sse.Event, canCut bool) (drop bool) {
 	if r.cut {
 		return true
 	}
 	drop = r.meter.Event(ev)
 	if r.cutting {
-		if cost := r.runningCost(); cost > r.room && !r.grow(cost) {
+		r.lastCost = r.runningCost()
+		if canCut && r.lastCost > r.room && !r.grow(r.lastCost) {
 			r.cut = true
 		}
 	}
 	return drop
+}
+
+// farFromRoom says chunk cannot take the stream past its room, so it may
+// be answered first and metered after, like any chunk: its text is at
+// most one token a byte. Not while the stream holds back part of an event
+// (only the metered-first path passes it on), nor before the answering
+// model is known.
+func (r *request) farFromRoom(chunk []byte) bool {
+	if !r.priced || len(r.held) > 0 || r.cut {
+		return false
+	}
+	per := max(r.runPrice.Output, r.runPrice.Reasoning)
+	return billing.AddSat(r.lastCost, billing.MulSat(int64(len(chunk)), per)) <= r.room
 }
 
 // runningCost prices the local count so far at the answering model.

@@ -59,6 +59,7 @@ type request struct {
 	cut        bool          // it passed room: nothing more passes
 	cutSent    bool          // the error event went out: the next chunk resets
 	runPrice   billing.Price // the answering model's, for the running cost
+	lastCost   billing.Nanos // the running cost after the last event
 	priceModel string
 	priced     bool
 
@@ -322,7 +323,7 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 		chunk = r.inflate(chunk, eos)
 		replaced = append([]byte{}, chunk...)
 	}
-	if r.sse && (r.req.UsageInjected || r.cutting) {
+	if r.sse && (r.req.UsageInjected || (r.cutting && !r.farFromRoom(chunk))) {
 		// Metered before it is answered: usage the client did not ask
 		// for is cut out, and a stream past its room is ended.
 		out := r.meterSSE(chunk, eos, true)

@@ -8,10 +8,11 @@ import "github.com/aifirewall/aifirewall/processor/sse"
 // since it cannot be judged before. Without strip it returns nil.
 func (r *request) meterSSE(chunk []byte, eos, strip bool) []byte {
 	if !strip {
-		r.parser.Feed(chunk, func(ev sse.Event) { r.meter.Event(ev) })
+		r.parser.Feed(chunk, func(ev sse.Event) { r.event(ev, false) })
 		if eos {
-			r.parser.Flush(func(ev sse.Event) { r.meter.Event(ev) })
+			r.parser.Flush(func(ev sse.Event) { r.event(ev, false) })
 		}
+		r.crPending = false // what ended on CR passed whole
 		return nil
 	}
 	prev := len(r.held)
@@ -46,10 +47,10 @@ func (r *request) meterSSE(chunk []byte, eos, strip bool) []byte {
 		}
 		start = end
 	}
-	r.parser.Feed(chunk, func(ev sse.Event) { emit(prev+ev.End, r.event(ev)) })
+	r.parser.Feed(chunk, func(ev sse.Event) { emit(prev+ev.End, r.event(ev, true)) })
 	if eos {
 		drop := false
-		r.parser.Flush(func(ev sse.Event) { drop = r.event(ev) })
+		r.parser.Flush(func(ev sse.Event) { drop = r.event(ev, true) })
 		emit(len(r.held), drop)
 		r.held = nil
 		return out
