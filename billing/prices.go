@@ -175,6 +175,15 @@ func perTokenNanos(usd float64) (Nanos, error) {
 // OpenRouter ids ("openai/gpt-4o-mini") resolve to OpenRouter's own entry
 // when there is one, else to the vendor's bare model name.
 func (t *Prices) Lookup(model string) (Price, bool) {
+	// The common case, a name the first table has as it is, without
+	// building the candidates: it is the first they would try.
+	if len(t.layers) > 0 {
+		if m := strings.ToLower(strings.TrimSpace(model)); m == model {
+			if p, ok := t.layers[0][m]; ok {
+				return p, true
+			}
+		}
+	}
 	keys := candidates(model)
 	for _, layer := range t.layers {
 		for _, key := range keys {

@@ -21,11 +21,15 @@ import (
 //     estimate, at most the request's whole bound (its prompt and its
 //     max_tokens, or the model's output limit). Its room there is that
 //     reservation, capped at what was free.
-//   - While the stream passes, each event is metered before it is passed
-//     on: the prompt (counted at admission) and the output text counted
-//     as it comes, priced at the model that answers. A chunk that could
-//     not pass the room even at one token a byte is answered first and
-//     metered after, like any chunk. When the running cost
+//   - While the stream passes near its room, each event is metered before
+//     it is passed on: the prompt (counted at admission) and the output
+//     text counted as it comes, priced at the model that answers. A chunk
+//     that could not pass the room even at one token a byte is answered
+//     first and metered after, like any chunk, and its text is not counted
+//     then: the running cost is bounded instead (what is not counted yet
+//     taken at a token a byte), and counted only when that bound comes
+//     near the room, so a stream far from it costs no more than one that
+//     is not cut off. When the running cost
 //     passes the room, the stream asks each budget for more (Store.Extend,
 //     atomic in the store): all that is free when it is the budget's only
 //     open reservation, else half of what is free (or what it needs, if
@@ -152,30 +156,53 @@ func (r *request) event(ev sse.Event, canCut bool) (drop bool) {
 		return true
 	}
 	drop = r.meter.Event(ev)
-	if r.cutting {
-		r.lastCost = r.runningCost()
-		if canCut && r.lastCost > r.room && !r.grow(r.lastCost) {
+	if r.cutting && canCut {
+		r.lastCost, r.exact = r.costOf(r.meter.Counted()), true
+		if r.lastCost > r.room && !r.grow(r.lastCost) {
 			r.cut = true
 		}
 	}
 	return drop
 }
 
-// farFromRoom says chunk cannot take the stream past its room, so it may
-// be answered first and metered after, like any chunk: its text is at
-// most one token a byte. Not while the stream holds back part of an event
-// (only the metered-first path passes it on), nor before the answering
-// model is known.
-func (r *request) farFromRoom(chunk []byte) bool {
-	if !r.priced || len(r.held) > 0 || r.cut {
-		return false
+// passed bounds the running cost after a chunk that was answered first,
+// without counting: the text not counted yet is taken at a token a byte.
+func (r *request) passed() {
+	if r.cutting {
+		r.lastCost, r.exact = r.costOf(r.meter.Bound()), false
 	}
-	per := max(r.runPrice.Output, r.runPrice.Reasoning)
-	return billing.AddSat(r.lastCost, billing.MulSat(int64(len(chunk)), per)) <= r.room
 }
 
-// runningCost prices the local count so far at the answering model.
-func (r *request) runningCost() billing.Nanos {
+// farFromRoom says chunk cannot take the stream past its room, so it may
+// be answered first and metered after, like any chunk: its text is at
+// most one token a byte. Before the first event names the answering
+// model, that is priced at the dearest model the request lets the
+// provider run. Not while the stream holds back part of an event (only
+// the metered-first path passes it on).
+func (r *request) farFromRoom(chunk []byte) bool {
+	if len(r.held) > 0 || r.cut {
+		return false
+	}
+	n := int64(len(chunk))
+	if !r.priced {
+		u := billing.Usage{Input: r.req.PromptTokens, Output: n}
+		p := r.dearestPrice(r.req, u)
+		return billing.AddSat(p.Cost(billing.Usage{Input: u.Input}), billing.MulSat(n, max(p.Output, p.Reasoning))) <= r.room
+	}
+	per := max(r.runPrice.Output, r.runPrice.Reasoning)
+	far := func() bool { return billing.AddSat(r.lastCost, billing.MulSat(n, per)) <= r.room }
+	if far() {
+		return true
+	}
+	if !r.exact {
+		// The bound was too rough to tell: count.
+		r.lastCost, r.exact = r.costOf(r.meter.Counted()), true
+	}
+	return far()
+}
+
+// costOf prices usage u at the model answering the stream.
+func (r *request) costOf(u billing.Usage) billing.Nanos {
 	if m := r.meter.Model(); m != r.priceModel || !r.priced {
 		r.priceModel, r.priced = m, true
 		r.runPrice = r.prices().For(r.req.Model)
@@ -183,7 +210,7 @@ func (r *request) runningCost() billing.Nanos {
 			r.runPrice = p
 		}
 	}
-	return r.runPrice.Cost(r.meter.Counted())
+	return r.runPrice.Cost(u)
 }
 
 // endStream is the error event that closes a cut stream, after the part

@@ -29,8 +29,19 @@ func cutHarness(t *testing.T, limit billing.Nanos) *harness {
 		DailyLimit: limit, Cutoff: true})
 }
 
+const (
+	streamBody = `{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`
+	// The firewall asks for the usage report and strips it.
+	streamBodyNoUsage = `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+)
+
 // streamOut opens a streamed request of user and returns its exchange.
 func streamOut(t *testing.T, h *harness, id, user string) *exchange {
+	t.Helper()
+	return streamOutWith(t, h, id, user, streamBody)
+}
+
+func streamOutWith(t *testing.T, h *harness, id, user, body string) *exchange {
 	t.Helper()
 	x := h.open(t)
 	hdr := []string{":method", "POST", ":path", chatPath, "authorization", "Bearer k", "content-type", "application/json", "x-request-id", id}
@@ -38,7 +49,7 @@ func streamOut(t *testing.T, h *harness, id, user string) *exchange {
 		hdr = append(hdr, "x-user-id", user)
 	}
 	x.requestHeaders(hdr...)
-	if ir := x.requestBody(`{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`).GetImmediateResponse(); ir != nil {
+	if ir := x.requestBody(body).GetImmediateResponse(); ir != nil {
 		t.Fatalf("refused: %s", ir.GetBody())
 	}
 	x.responseHeaders(":status", "200", "content-type", "text/event-stream")
@@ -47,11 +58,19 @@ func streamOut(t *testing.T, h *harness, id, user string) *exchange {
 
 // A lone stream is ended at the first event past the whole budget (its
 // room grows from half of it), with the error event after it; the bill
-// is what passed, and the next chunk resets the stream.
+// is what passed, and the next chunk resets the stream. Its first chunks
+// are far from the room (bounded, not counted) and its last near, whether
+// or not the firewall strips a usage report it asked for.
 func TestStreamEndsAtItsBudget(t *testing.T) {
-	const limit = 100_000 // $0.0001: about 165 tokens of gpt-4o-mini
+	for _, body := range []string{streamBody, streamBodyNoUsage} {
+		t.Run(fmt.Sprint("usage asked by the client: ", body == streamBody), func(t *testing.T) { streamEndsAtItsBudget(t, body) })
+	}
+}
+
+func streamEndsAtItsBudget(t *testing.T, body string) {
+	const limit = 2_000_000 // $0.002: about 3,300 tokens of gpt-4o-mini
 	h := cutHarness(t, limit)
-	x := streamOut(t, h, "cut-1", "u")
+	x := streamOutWith(t, h, "cut-1", "u", body)
 	evs := longChat(10_000)
 	var got strings.Builder
 	var i int

@@ -59,7 +59,8 @@ type request struct {
 	cut        bool          // it passed room: nothing more passes
 	cutSent    bool          // the error event went out: the next chunk resets
 	runPrice   billing.Price // the answering model's, for the running cost
-	lastCost   billing.Nanos // the running cost after the last event
+	lastCost   billing.Nanos // the running cost after the last event, or a bound of it
+	exact      bool          // lastCost is the count, not a bound
 	priceModel string
 	priced     bool
 
@@ -277,7 +278,6 @@ func (r *request) responseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Processin
 	r.sse = strings.HasPrefix(headerValue(hm, "content-type"), "text/event-stream")
 	r.cutting = r.cutting && r.sse
 	if r.req != nil && r.billable() {
-		r.req.Running = r.cutting
 		r.meter = r.route.Endpoint.NewMeter(r.req, r.s.tk)
 	}
 	mut := &extprocv3.HeaderMutation{}
@@ -323,12 +323,16 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 		chunk = r.inflate(chunk, eos)
 		replaced = append([]byte{}, chunk...)
 	}
-	if r.sse && (r.req.UsageInjected || (r.cutting && !r.farFromRoom(chunk))) {
+	near := r.sse && r.cutting && !r.farFromRoom(chunk)
+	if r.sse && (r.req.UsageInjected || near) {
 		// Metered before it is answered: usage the client did not ask
-		// for is cut out, and a stream past its room is ended.
-		out := r.meterSSE(chunk, eos, true)
+		// for is cut out, and a stream that passes its room is ended.
+		out := r.meterSSE(chunk, eos, true, near)
 		if r.cut {
 			return r.endStream(out), nil
+		}
+		if !near {
+			r.passed()
 		}
 		r.afterChunk(eos)
 		if r.gz == nil && bytes.Equal(out, chunk) {
@@ -338,7 +342,8 @@ func (r *request) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResp
 	}
 	account := func() {
 		if r.sse {
-			r.meterSSE(chunk, eos, false)
+			r.meterSSE(chunk, eos, false, false)
+			r.passed()
 		} else {
 			r.collect(chunk, eos)
 		}

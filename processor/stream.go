@@ -5,8 +5,9 @@ import "github.com/aifirewall/aifirewall/processor/sse"
 // meterSSE feeds an SSE chunk to the meter. With strip it also returns the
 // chunk as the client must see it: the events the meter dropped are cut
 // out, and an incomplete trailing event is held back until it completes,
-// since it cannot be judged before. Without strip it returns nil.
-func (r *request) meterSSE(chunk []byte, eos, strip bool) []byte {
+// since it cannot be judged before; with near too, the stream is held to
+// its room at every event. Without strip it returns nil.
+func (r *request) meterSSE(chunk []byte, eos, strip, near bool) []byte {
 	if !strip {
 		r.parser.Feed(chunk, func(ev sse.Event) { r.event(ev, false) })
 		if eos {
@@ -47,10 +48,10 @@ func (r *request) meterSSE(chunk []byte, eos, strip bool) []byte {
 		}
 		start = end
 	}
-	r.parser.Feed(chunk, func(ev sse.Event) { emit(prev+ev.End, r.event(ev, true)) })
+	r.parser.Feed(chunk, func(ev sse.Event) { emit(prev+ev.End, r.event(ev, near)) })
 	if eos {
 		drop := false
-		r.parser.Flush(func(ev sse.Event) { drop = r.event(ev, true) })
+		r.parser.Flush(func(ev sse.Event) { drop = r.event(ev, near) })
 		emit(len(r.held), drop)
 		r.held = nil
 		return out

@@ -164,6 +164,7 @@ func (m *messagesMeter) Usage() billing.Usage {
 }
 
 func (m *messagesMeter) Counted() billing.Usage { return counted(m.req, &m.out) }
+func (m *messagesMeter) Bound() billing.Usage   { return bounded(m.req, &m.out) }
 
 // StreamError is Anthropic's error event, with the type of its 402.
 func (Messages) StreamError(message string) []byte {

@@ -294,6 +294,7 @@ func intField(root object, name string, lo, hi int64) (int64, error) {
 }
 
 func (m *chatMeter) Counted() billing.Usage { return counted(m.req, &m.out) }
+func (m *chatMeter) Bound() billing.Usage   { return bounded(m.req, &m.out) }
 
 // StreamError is a data event with an error object, the shape OpenAI's SDKs
 // raise from a stream; no [DONE] follows.

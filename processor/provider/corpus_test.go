@@ -73,7 +73,8 @@ func (c corpusCase) body(t testing.TB) []byte {
 
 // meter runs the response through a fresh meter, cut at cuts, the way the
 // processor does: SSE streams event by event, JSON bodies whole at the end.
-// With an odd number of cuts the meter counts as it goes (Running).
+// With an odd number of cuts the meter is asked for its count after every
+// event, as for a stream near its room; its bound is checked against it.
 func meter(t testing.TB, c corpusCase, resp []byte, cuts []int) (billing.Usage, *Request) {
 	tk, _ := fixtures(t)
 	route, ok := c.Provider.Route("POST", c.Path)
@@ -84,16 +85,23 @@ func meter(t testing.TB, c corpusCase, resp []byte, cuts []int) (billing.Usage, 
 	if err != nil {
 		t.Fatalf("%s: request: %v", c.Name, err)
 	}
-	// Half the splits count as a stream that may be cut off does (at
-	// every event): the bill must not change.
-	req.Running = len(cuts)%2 == 1
+	// Half the splits count as a stream near its room does (at every
+	// event): the bill must not change.
+	running := len(cuts)%2 == 1
 	m := route.Endpoint.NewMeter(req, tk)
 	if !strings.HasSuffix(c.Response, ".sse") {
 		m.Body(resp)
 		return m.Usage(), req
 	}
 	var p sse.Parser
-	emit := func(ev sse.Event) { m.Event(ev) }
+	emit := func(ev sse.Event) {
+		m.Event(ev)
+		if running {
+			if b, n := m.Bound(), m.Counted(); b.Output < n.Output || b.Input != n.Input {
+				t.Fatalf("%s: bound %+v under the count %+v", c.Name, b, n)
+			}
+		}
+	}
 	prev := 0
 	for _, cut := range append(cuts, len(resp)) {
 		p.Feed(resp[prev:cut], emit)
@@ -150,24 +158,42 @@ func TestCorpusBillsExactlyAtEverySplit(t *testing.T) {
 }
 
 // The streamed text the fallback counts matches counting it whole, even
-// when the tally flushes on the way.
+// when the tally flushes on the way or is asked for its count after
+// every piece (a stream near its room), when it then equals counting what
+// came so far whole; its bound is never under the count.
 func TestTallyMatchesWholeCount(t *testing.T) {
 	tk, _ := fixtures(t)
 	text := strings.Repeat("Streaming answers arrive in pieces, word by word; ", 400)
 	want := int64(tk.Count("gpt-4o", text))
-	for _, eager := range []bool{false, true} {
-		ta := tally{tk: tk, model: "gpt-4o", eager: eager}
+	for _, asked := range []bool{false, true} {
+		ta := tally{tk: tk, model: "gpt-4o", heldLen: -1}
 		for i := 0; i < len(text); i += 7 {
 			ta.add(text[i:min(i+7, len(text))])
-			if eager && ta.buf.Len() > 64 {
-				t.Fatalf("an eager tally holds %d bytes", ta.buf.Len())
+			if ta.buf.Len() >= tallyFlush {
+				t.Fatalf("the tally holds %d bytes", ta.buf.Len())
+			}
+			if !asked {
+				continue
+			}
+			b := ta.bound()
+			n := ta.running()
+			if b < n {
+				t.Fatalf("bound %d under the count %d", b, n)
+			}
+			if ta.buf.Len() > 64 {
+				t.Fatalf("a tally asked for its count holds %d bytes", ta.buf.Len())
+			}
+			if i%(7*50) == 0 {
+				if want := int64(tk.Count("gpt-4o", text[:i+7])); n != want {
+					t.Fatalf("running = %d after %d bytes, counting them whole = %d", n, i+7, want)
+				}
 			}
 		}
-		if run := ta.running(); eager && run != want {
-			t.Fatalf("eager: running = %d at the end, whole = %d", run, want)
+		if run := ta.running(); asked && run != want {
+			t.Fatalf("running = %d at the end, whole = %d", run, want)
 		}
 		if got := ta.total(); got != want {
-			t.Fatalf("eager %v: tally = %d, whole = %d", eager, got, want)
+			t.Fatalf("asked %v: tally = %d, whole = %d", asked, got, want)
 		}
 	}
 }

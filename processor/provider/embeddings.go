@@ -79,6 +79,7 @@ func (m *embeddingsMeter) Usage() billing.Usage {
 
 // Counted is the prompt: embeddings generate no tokens.
 func (m *embeddingsMeter) Counted() billing.Usage { return m.Usage() }
+func (m *embeddingsMeter) Bound() billing.Usage   { return m.Usage() }
 
 // StreamError is nil: embeddings are never streamed.
 func (Embeddings) StreamError(string) []byte { return nil }

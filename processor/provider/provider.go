@@ -43,9 +43,11 @@ type Meter interface {
 	// aside as out of range, "" when nothing was.
 	Distrusted() string
 	// Counted is the local count so far: the prompt counted before
-	// forwarding and the output text seen (with Request.Running, current
-	// after every event).
+	// forwarding and the output text seen, counted now.
 	Counted() billing.Usage
+	// Bound is at least Counted, without counting: the text not counted
+	// yet taken at a token a byte.
+	Bound() billing.Usage
 }
 
 // Request is what the firewall needs to know of a request.
@@ -66,9 +68,6 @@ type Request struct {
 	// UsageInjected says the firewall asked for a usage report the client
 	// did not; the report must be removed from what the client receives.
 	UsageInjected bool
-	// Running makes the meter count the output as it passes (Counted),
-	// for a stream that is cut off when it would pass its budget.
-	Running bool
 }
 
 // BadRequest is a client error in a request body; its message is safe to

@@ -121,6 +121,7 @@ func (m *responsesMeter) Usage() billing.Usage {
 }
 
 func (m *responsesMeter) Counted() billing.Usage { return counted(m.req, &m.out) }
+func (m *responsesMeter) Bound() billing.Usage   { return bounded(m.req, &m.out) }
 
 // StreamError is the Responses API's error event; it also carries an
 // error object, which is what OpenAI's SDKs raise from any stream event.

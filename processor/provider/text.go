@@ -14,13 +14,14 @@ const tallyFlush = 4 << 10
 // boundary where tiktoken's pre-tokenizer splits too, so the total matches
 // counting the whole text at once.
 //
-// An eager tally (a stream that may be cut off) counts up to the last word
-// boundary at every piece, so that running() is current: the cost of a
-// few small counts per chunk instead of one per 4 KiB.
+// A stream that may be cut off asks for the count as it goes (running),
+// which counts up to the last word boundary then; between two such
+// questions it needs only a bound (bound: a token a byte for what is not
+// counted yet), so a stream far from its room costs no more counting
+// than one that is not cut off.
 type tally struct {
 	tk     *billing.Tokenizer
 	model  string
-	eager  bool
 	buf    strings.Builder
 	tokens int64
 	any    bool
@@ -30,7 +31,7 @@ type tally struct {
 }
 
 func newTally(tk *billing.Tokenizer, req *Request) tally {
-	return tally{tk: tk, model: req.Model, eager: req.Running, heldLen: -1}
+	return tally{tk: tk, model: req.Model, heldLen: -1}
 }
 
 func (t *tally) add(s string) {
@@ -38,15 +39,15 @@ func (t *tally) add(s string) {
 		return
 	}
 	t.any = true
-	held := t.heldLen
-	if held != t.buf.Len() {
-		held = -1
-	}
-	t.heldLen = -1
 	t.buf.WriteString(s)
-	if t.buf.Len() < tallyFlush && !t.eager {
-		return
+	if t.buf.Len() >= tallyFlush {
+		t.flush()
 	}
+}
+
+// flush counts what is held up to its last word boundary (all of it when
+// it is one long run of tallyFlush bytes or more).
+func (t *tally) flush() {
 	text := t.buf.String()
 	cut := strings.LastIndexByte(text, ' ')
 	for cut > 0 && text[cut-1] == ' ' {
@@ -54,36 +55,54 @@ func (t *tally) add(s string) {
 	}
 	if cut <= 0 {
 		if t.buf.Len() < tallyFlush {
-			return // one word so far: running() bounds it
+			return // one word so far: running() counts it as it stands
 		}
 		cut = len(text) // one long run: counted in bounded pieces anyway
 	}
-	if cut == held {
-		t.tokens += int64(t.heldCount) // the word running() counted
+	if cut == t.heldLen {
+		// The word running() counted: text only grows after it.
+		t.tokens += int64(t.heldCount)
 	} else {
 		t.tokens += int64(t.tk.Count(t.model, text[:cut]))
 	}
+	t.heldLen = -1
 	rest := text[cut:]
 	t.buf.Reset()
 	t.buf.WriteString(rest)
 }
 
 // running is every token seen so far, the word still held counted as it
-// stands (an eager tally holds one word at most).
+// stands.
 func (t *tally) running() int64 {
 	if t.buf.Len() == 0 {
 		return t.tokens
 	}
 	if t.heldLen != t.buf.Len() {
+		t.flush()
+		if t.buf.Len() == 0 {
+			return t.tokens
+		}
 		t.heldLen, t.heldCount = t.buf.Len(), t.tk.Count(t.model, t.buf.String())
 	}
 	return t.tokens + int64(t.heldCount)
+}
+
+// bound is at least running(), without counting: each byte not counted
+// yet taken as a token (a token is at least one byte, and text is counted
+// in pieces that split where the whole text would).
+func (t *tally) bound() int64 {
+	return t.tokens + int64(t.buf.Len())
 }
 
 // counted is a meter's local count: the prompt as counted before it was
 // forwarded, and the output seen so far.
 func counted(req *Request, t *tally) billing.Usage {
 	return billing.Usage{Input: req.PromptTokens, Output: t.running()}
+}
+
+// bounded is at least counted, without counting.
+func bounded(req *Request, t *tally) billing.Usage {
+	return billing.Usage{Input: req.PromptTokens, Output: t.bound()}
 }
 
 // total counts what is held and returns every token seen.
