@@ -22,10 +22,12 @@ import (
 	"github.com/aifirewall/aifirewall/internal/testenv"
 )
 
-// gpt-4o's prices, nano-dollars per token.
+// Prices, nano-dollars per token.
 const (
-	gpt4oIn  = 2_500
-	gpt4oOut = 10_000
+	gpt4oIn     = 2_500
+	gpt4oOut    = 10_000
+	sonnet45In  = 3_000
+	sonnet45Out = 15_000
 )
 
 // cutStack is a stack whose users have $0.01 a day, in front of a provider
@@ -37,14 +39,20 @@ func cutStack(t *testing.T, env ...string) (*testenv.Stack, *fakellm.Server) {
 }
 
 // billedAsPassed checks that user's bill is the prompt plus the output
-// that reached the client, past the $0.01 limit by one chunk at most.
+// that reached the client (text, counted as model's), past the $0.01
+// limit by one chunk at most.
 func billedAsPassed(t *testing.T, s *testenv.Stack, user, text string, maxChunkTokens int64) {
+	t.Helper()
+	billedAsPassedAt(t, s, user, text, maxChunkTokens, "gpt-4o", gpt4oIn, gpt4oOut)
+}
+
+func billedAsPassedAt(t *testing.T, s *testenv.Stack, user, text string, maxChunkTokens int64, model string, in, outPrice int64) {
 	t.Helper()
 	tk, err := billing.NewTokenizer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := int64(tk.Count("gpt-4o", text))
+	out := int64(tk.Count(model, text))
 	key := billing.BudgetKey(user, billing.Day(time.Now(), time.UTC))
 	var spent int64
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -52,11 +60,11 @@ func billedAsPassed(t *testing.T, s *testenv.Stack, user, text string, maxChunkT
 			break
 		}
 	}
-	prompt := spent - out*gpt4oOut
-	if prompt <= 0 || prompt%gpt4oIn != 0 || prompt > 40*gpt4oIn {
+	prompt := spent - out*outPrice
+	if prompt <= 0 || prompt%in != 0 || prompt > 40*in {
 		t.Fatalf("%s billed %d for %d output tokens that passed: not their cost plus a prompt's", user, spent, out)
 	}
-	if spent <= 10_000_000 || spent > 10_000_000+maxChunkTokens*gpt4oOut {
+	if spent <= 10_000_000 || spent > 10_000_000+maxChunkTokens*outPrice {
 		t.Fatalf("%s billed %d: want past the $0.01 limit by one chunk (%d tokens) at most", user, spent, maxChunkTokens)
 	}
 }
@@ -92,7 +100,8 @@ func TestOpenAIStreamCutAtTheBudget(t *testing.T) {
 	}
 }
 
-// The official Anthropic SDK raises the error event of a cut stream.
+// The official Anthropic SDK raises the error event of a cut stream, and
+// the bill is what passed.
 func TestAnthropicStreamCutAtTheBudget(t *testing.T) {
 	s, _ := cutStack(t, "UPSTREAM_PROVIDER=anthropic")
 	client := anthropic.NewClient(anthropicopt.WithBaseURL(s.Envoy.URL()), anthropicopt.WithAPIKey(testenv.ClientKey),
@@ -102,14 +111,19 @@ func TestAnthropicStreamCutAtTheBudget(t *testing.T) {
 		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Write a very long essay."))},
 	})
 	n := 0
+	var text strings.Builder
 	for stream.Next() {
 		n++
+		if ev := stream.Current(); ev.Type == "content_block_delta" {
+			text.WriteString(ev.Delta.Text)
+		}
 	}
 	err := stream.Err()
 	stream.Close()
 	if err == nil || !strings.Contains(err.Error(), "budget exceeded while streaming") || !strings.Contains(err.Error(), "billing_error") {
 		t.Fatalf("the SDK's error after %d events: %v", n, err)
 	}
+	billedAsPassedAt(t, s, "thrifty", text.String(), 3, "claude-sonnet-4-5", sonnet45In, sonnet45Out)
 }
 
 // Twenty long streams of one team at once share its budget: together they
