@@ -65,8 +65,11 @@ PRAGMA user_version = 1;
 // OpenSQLite opens (or creates) the ledger file at path.
 func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	// WAL: reports read while the writer appends; busy_timeout: a report
-	// process and the sidecar share the file.
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)")
+	// process and the sidecar share the file; synchronous NORMAL: a commit
+	// is not synced until the checkpoint (the file stays consistent; a
+	// power cut can lose the last commits, as a crash loses the records
+	// the writer still holds in memory), and commits cost less.
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)")
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
