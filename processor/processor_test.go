@@ -294,7 +294,12 @@ func TestOverBudget(t *testing.T) {
 	}
 }
 
+// spent is user's spend today once the settlements under way are written
+// (they are written asynchronously).
 func (h *harness) spent(user string) billing.Nanos {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h.srv.Drain(ctx)
 	b, _ := h.store.Budget(context.Background(), user, billing.Day(time.Now(), time.UTC), 0)
 	return b.Spent
 }
