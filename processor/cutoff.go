@@ -35,8 +35,9 @@ import (
 //     open reservation, else half of what is free (or what it needs, if
 //     more), up to its bound (or twice what it costs so far, when the
 //     provider answered with a dearer model than the bound was priced at:
-//     a few doublings, not a store call per event). Streams thus share a budget by taking turns at halves of
-//     what is left, and a lone stream can use all of it.
+//     a few doublings, not a store call per event). Streams thus share a
+//     budget by taking turns at halves of what is left, and a lone stream
+//     can use all of it.
 //   - Every room is at most its reservation and was at most what was free
 //     when it was granted, so spent plus the rooms of all open streams
 //     stays within the limit, whatever the concurrency; a stream passes its

@@ -72,16 +72,7 @@ func streamEndsAtItsBudget(t *testing.T, body string) {
 	h := cutHarness(t, limit)
 	x := streamOutWith(t, h, "cut-1", "u", body)
 	evs := longChat(10_000)
-	var got strings.Builder
-	var i int
-	for i = 0; i < len(evs); i += 5 {
-		out := x.responseChunk(strings.Join(evs[i:i+5], ""), false)
-		got.WriteString(out)
-		if strings.Contains(out, "budget_exceeded") {
-			break
-		}
-	}
-	text := got.String()
+	text, next := drain(x, evs)
 	if !strings.HasSuffix(text, "\n\n") || !strings.Contains(text, `data: {"error":{"code":"budget_exceeded"`) {
 		t.Fatalf("no error event at the end:\n%s", text[max(0, len(text)-400):])
 	}
@@ -94,7 +85,7 @@ func streamEndsAtItsBudget(t *testing.T, body string) {
 	if spent <= limit || spent > limit+miniOut {
 		t.Fatalf("billed %d: want past the %d limit by at most one event (%d)", spent, limit, miniOut)
 	}
-	if resp := x.send(responseChunkRequest(strings.Join(evs[i+5:i+10], ""), false)); resp.GetImmediateResponse() == nil {
+	if resp := x.send(responseChunkRequest(strings.Join(evs[next:next+5], ""), false)); resp.GetImmediateResponse() == nil {
 		t.Fatalf("the chunk after the cut: %v", resp)
 	}
 }
@@ -161,17 +152,21 @@ func TestUnstreamedReservesItsBound(t *testing.T) {
 }
 
 // drain sends evs in chunks of five and returns what passed, up to and
-// including the error event of a cut.
-func drain(x *exchange, evs []string) string {
+// including the error event of a cut, and the index of the first event
+// not sent.
+func drain(x *exchange, evs []string) (string, int) {
 	var got strings.Builder
-	for i := 0; i < len(evs); i += 5 {
-		out := x.responseChunk(strings.Join(evs[i:min(i+5, len(evs))], ""), i+5 >= len(evs))
+	i := 0
+	for i < len(evs) {
+		end := min(i+5, len(evs))
+		out := x.responseChunk(strings.Join(evs[i:end], ""), end == len(evs))
 		got.WriteString(out)
+		i = end
 		if strings.Contains(out, "budget_exceeded") {
 			break
 		}
 	}
-	return got.String()
+	return got.String(), i
 }
 
 // A budget of the file cuts a stream off at itself, and one with
@@ -182,10 +177,11 @@ func TestBudgetCutoffSetting(t *testing.T) {
 		cut    bool
 	}{{"", false}, {", cutoff: true", true}, {", cutoff: false", false}} { // STREAM_CUTOFF off: only cutoff: true cuts
 		h, cur := budgetsHarness(t, "budgets:\n  - {name: team, groups: [payments], window: day, limit_usd: \"0.0001\""+c.cutoff+"}\n")
-		text := drain(streamOut(t, h, "team-"+c.cutoff, ""), longChat(1000))
+		text, _ := drain(streamOut(t, h, "team-"+c.cutoff, ""), longChat(1000))
 		if got := strings.Contains(text, "budget_exceeded") && strings.Contains(text, `budget \"team\"`); got != c.cut {
 			t.Errorf("cutoff%q: cut %v, want %v", c.cutoff, got, c.cut)
 		}
+		h.settled()
 		b := cur.Load().Budgets[0]
 		period, _ := b.Window.Period(time.Now(), time.UTC)
 		st, _ := h.store.Window(context.Background(), b.Counter(""), period, nil, b.Limit)

@@ -294,12 +294,17 @@ func TestOverBudget(t *testing.T) {
 	}
 }
 
-// spent is user's spend today once the settlements under way are written
-// (they are written asynchronously).
-func (h *harness) spent(user string) billing.Nanos {
+// settled waits for the settlements under way to be written (they are
+// written asynchronously).
+func (h *harness) settled() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	h.srv.Drain(ctx)
+}
+
+// spent is user's spend today, once the settlements under way are written.
+func (h *harness) spent(user string) billing.Nanos {
+	h.settled()
 	b, _ := h.store.Budget(context.Background(), user, billing.Day(time.Now(), time.UTC), 0)
 	return b.Spent
 }
